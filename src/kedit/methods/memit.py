@@ -1,0 +1,73 @@
+"""MEMIT preset: fixed MLP output projections + value target + least-squares writer (§1, §3)."""
+from __future__ import annotations
+
+import dataclasses
+
+from kedit.config import Config, field
+from kedit.methods.base import EditContext, EditMethod, StatsConfig, ValueTargetConfig
+from kedit.methods.defaults import default_memit_layers
+from kedit.methods.registry import register_method
+from kedit.stages.spread import spread_over_layers
+from kedit.stages.values import optimise_values
+from kedit.stages.writers import memit_delta
+
+__all__ = ["MemitConfig", "Memit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemitConfig(Config):
+    """MEMIT (Meng et al., 2023).
+
+    Args:
+        layers: edited layers (MLP output projections); the value target sits after the last.
+        mom2_update_weight: λ, weight of the preservation term λ‖ΔK0‖².
+        target: value optimisation options.
+        stats: key statistics options.
+        seed: seed of the context templates.
+    """
+
+    layers: list[int] = field([1, 2], "Edited layers; the value target sits after the last one.")
+    mom2_update_weight: float = field(15000.0, "λ: weight of the preservation term λ‖ΔK0‖².")
+    target: ValueTargetConfig = field(ValueTargetConfig(), "Value optimisation options.")
+    stats: StatsConfig = field(StatsConfig(), "Key statistics options.")
+    seed: int = field(0, "Seed of the sampled context templates.")
+
+    def __post_init__(self) -> None:
+        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers),
+                    "a non-empty list of layer indices >= 0")
+        self._check("mom2_update_weight", self.mom2_update_weight > 0, "a float > 0")
+
+    @classmethod
+    def for_model(cls, model_type: str | None, n_layers: int | None) -> "MemitConfig":
+        return cls(layers=default_memit_layers(n_layers))
+
+
+class Memit(EditMethod):
+    tags = frozenset({"deterministic", "needs_stats", "batched", "closed_form"})
+
+    def prepare(self, ctx: EditContext) -> None:
+        ctx.stats(self.config.stats).ensure(self.config.layers)
+
+    def values(self, ctx: EditContext, requests):
+        cfg = self.config
+        templates = ctx.templates(cfg.target.context_templates, cfg.seed)
+        result = optimise_values(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, cfg.target.options(),
+                                 layer=max(cfg.layers), site="block")
+        return templates, result
+
+    def compute(self, ctx, requests, state):
+        cfg = self.config
+        stats = ctx.stats(cfg.stats)
+        stats.ensure(cfg.layers)
+        templates, values = self.values(ctx, requests)
+
+        def solve(layer, K, R):
+            return memit_delta(K, R, stats.C0(layer), cfg.mom2_update_weight, what=f"MEMIT layer {layer}")
+
+        deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,
+                                    cfg.layers, solve)
+        return deltas, state, {"value_loss": values.loss, "value_steps": values.steps}
+
+
+register_method("memit", MemitConfig, Memit, summary="Mass-editing closed form over several MLP layers (Meng et al. 2023).",
+                tags=Memit.tags)
