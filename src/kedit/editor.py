@@ -19,7 +19,7 @@ import torch
 from kedit.data.requests import EditRequest
 from kedit.errors import DataError, NonFiniteError
 from kedit.ledger import EditSet, Ledger
-from kedit.methods.base import EditContext
+from kedit.methods.base import EditContext, ValueCache
 from kedit.methods.registry import build_config, get_method
 from kedit.models.adapters import get_adapter, num_layers
 
@@ -51,10 +51,12 @@ class Editor:
             field by field) or a config instance.
         cache_dir: cache root for statistics (default ``$KEDIT_CACHE_DIR`` or ``~/.cache/kedit``).
         progress: show progress bars for long work.
+        value_cache: a :class:`ValueCache` shared between editors of the same model, so value
+            targets already optimised on the same weights are reused.
     """
 
     def __init__(self, model, tokenizer, method: str = "memit", config: Any = None, *, cache_dir=None,
-                 progress: bool = False):
+                 progress: bool = False, value_cache: ValueCache | None = None):
         self.adapter = get_adapter(model)
         self.spec = get_method(method)
         self.config = build_config(method, config, model_type=self.adapter.model_type,
@@ -62,7 +64,7 @@ class Editor:
         self.method = self.spec.method_cls(self.config)
         self.ledger = Ledger(model)
         self.ctx = EditContext(model, tokenizer, self.adapter, self.ledger.base_fingerprint, cache_dir=cache_dir,
-                               progress=progress, seed=getattr(self.config, "seed", 0))
+                               progress=progress, seed=getattr(self.config, "seed", 0), value_cache=value_cache)
         self.state: dict[str, torch.Tensor] = self.method.initial_state(self.ctx)
         self._prepared = False
 

@@ -11,9 +11,10 @@ from kedit.config import Config, field
 from kedit.data.requests import EditRequest
 from kedit.models.adapters import Adapter
 from kedit.stages.contexts import generate_context_templates
+from kedit.stages.values import ValueResult, optimise_values
 from kedit.stats.cache import StatsCache
 
-__all__ = ["EditContext", "EditMethod", "StatsConfig", "ValueTargetConfig"]
+__all__ = ["EditContext", "EditMethod", "StatsConfig", "ValueTargetConfig", "ValueCache"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,38 @@ class ValueTargetConfig(Config):
                             self.early_stop_loss, self.kl_prompt)
 
 
+class ValueCache:
+    """In-memory cache of value targets keyed by content: (current weights fingerprint, request,
+    value options, layer, site, context templates).  Batched optimisation equals one-by-one
+    optimisation, so cached columns can be mixed with fresh ones."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, tuple[torch.Tensor, torch.Tensor, float, float, int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def get_or_compute(self, ctx: "EditContext", requests, templates, options, *, layer: int, site: str) -> ValueResult:
+        from kedit.models.fingerprint import weights_fingerprint
+
+        fp = weights_fingerprint(ctx.model)
+        keys = [(fp, repr(r.to_dict()), options, layer, site, tuple(templates)) for r in requests]
+        missing = [i for i, k in enumerate(keys) if k not in self._store]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = optimise_values(ctx.model, ctx.tokenizer, ctx.adapter, [requests[i] for i in missing], templates,
+                                    options, layer=layer, site=site)
+            for j, i in enumerate(missing):
+                self._store[keys[i]] = (fresh.z[:, j].clone(), fresh.h_init[:, j].clone(), fresh.loss[j],
+                                        fresh.nll[j], fresh.steps[j])
+        cols = [self._store[k] for k in keys]
+        return ValueResult(z=torch.stack([c[0] for c in cols], 1), h_init=torch.stack([c[1] for c in cols], 1),
+                           loss=[c[2] for c in cols], nll=[c[3] for c in cols], steps=[c[4] for c in cols])
+
+
 @dataclasses.dataclass
 class EditContext:
     """Everything a method needs besides its config: explicit objects, no globals."""
@@ -88,6 +121,7 @@ class EditContext:
     cache_dir: Any = None
     progress: bool = False
     seed: int = 0
+    value_cache: "ValueCache | None" = None
     _stats: dict = dataclasses.field(default_factory=dict)
     _templates: dict = dataclasses.field(default_factory=dict)
 
@@ -101,6 +135,15 @@ class EditContext:
                 progress=self.progress,
             )
         return self._stats[key]
+
+    def values(self, requests: Sequence[EditRequest], templates: Sequence[str], options, *, layer: int,
+               site: str = "block"):
+        """Value targets, reused from ``value_cache`` when the same request was optimised on the
+        same weights with the same options (independent editing recomputes nothing)."""
+        if self.value_cache is None:
+            return optimise_values(self.model, self.tokenizer, self.adapter, requests, templates, options,
+                                   layer=layer, site=site)
+        return self.value_cache.get_or_compute(self, requests, templates, options, layer=layer, site=site)
 
     def templates(self, spec: list[list[int]], seed: int) -> list[str]:
         """Context templates generated once per (spec, seed) from the unedited model."""

@@ -8,7 +8,6 @@ from kedit.methods.base import EditContext, EditMethod, StatsConfig, ValueTarget
 from kedit.methods.defaults import default_memit_layers
 from kedit.methods.registry import register_method
 from kedit.stages.spread import spread_over_layers
-from kedit.stages.values import optimise_values
 from kedit.stages.writers import memit_delta
 
 __all__ = ["MemitConfig", "Memit"]
@@ -51,8 +50,7 @@ class Memit(EditMethod):
     def values(self, ctx: EditContext, requests):
         cfg = self.config
         templates = ctx.templates(cfg.target.context_templates, cfg.seed)
-        result = optimise_values(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, cfg.target.options(),
-                                 layer=max(cfg.layers), site="block")
+        result = ctx.values(requests, templates, cfg.target.options(), layer=max(cfg.layers), site="block")
         return templates, result
 
     def compute(self, ctx, requests, state):

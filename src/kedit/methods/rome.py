@@ -12,7 +12,6 @@ from kedit.methods.registry import register_method
 from kedit.models.adapters import resolve_module
 from kedit.stages.keys import compute_keys
 from kedit.stages.spread import restoring
-from kedit.stages.values import optimise_values
 from kedit.stages.writers import rome_delta
 
 __all__ = ["RomeConfig", "Rome"]
@@ -66,8 +65,7 @@ class Rome(EditMethod):
         losses, steps = [], []
         with restoring(ctx.model, [name]):
             for request in requests:
-                values = optimise_values(ctx.model, ctx.tokenizer, ctx.adapter, [request], templates,
-                                         cfg.target.options(), layer=cfg.layer, site="mlp")
+                values = ctx.values([request], templates, cfg.target.options(), layer=cfg.layer, site="mlp")
                 W = ctx.adapter.to_out_in(weight.detach()).double()
                 k_star = compute_keys(ctx.model, ctx.tokenizer, ctx.adapter, [request], [cfg.layer], templates)[cfg.layer][:, 0]
                 b = bias.detach().double() if bias is not None else 0.0

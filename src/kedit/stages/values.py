@@ -187,7 +187,7 @@ def optimise_values(
                     f"(requests {[requests[i].id for i in req_idx.tolist()]}); lower the learning rate"
                 )
             for i in req_idx.tolist():
-                last_loss[i], last_nll[i], steps[i] = float(loss[i]), float(nll[i]), it
+                last_loss[i], last_nll[i], steps[i] = float(loss[i].detach()), float(nll[i].detach()), it
             done = (loss < options.early_stop_loss) & active
             active = active & ~done
             if it == options.steps - 1 or not active.any():
