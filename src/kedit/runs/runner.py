@@ -1,0 +1,377 @@
+"""The benchmark runner: edit a stream of batches, score them, and write a reproducible run directory.
+
+Protocols (spec/metrics.md):
+
+* ``independent``: every batch starts from the original weights (fresh method state, edit, score that
+  batch's requests, revert) — the numbers of batch-editing tables;
+* ``sequential``: batches accumulate on the same weights and every request is scored **once, after the
+  last batch**, on the final model (AlphaEdit/LyapLock).
+
+Pre-edit metrics are measured once on the unedited model before the first edit; for zsRE a
+:class:`~kedit.eval.PreEditCache` keeps locality compared against the ORIGINAL model even in
+sequential runs (EasyEdit issue #643).
+
+The run directory holds ``summary.json``, ``config.yaml`` (the fully resolved method config),
+``manifest.json`` (versions, seed, data sha256, weights fingerprint, arguments), ``journal.jsonl`` (one
+line per batch), ``metrics.json`` (full metric dicts and per-case results) and, for sequential runs,
+``edits/`` (the accumulated edit set, readable by :func:`~kedit.ledger.load_edit_set`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from kedit.data.requests import EditRequest
+from kedit.errors import ConfigError, DataError, param_message
+
+__all__ = ["run_bench", "MODES", "DATASETS", "headline_metrics"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("independent", "sequential")
+DATASETS = ("counterfact", "zsre")
+
+# Keys of the evaluators' metric dicts that are fractions in [0, 1] (the summary keeps only these).
+_FRACTION_KEYS = {
+    "counterfact": ("efficacy", "generalization", "specificity", "score"),
+    "zsre": ("efficacy", "generalization", "specificity", "portability", "locality_pre"),
+}
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def _mean(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _harmonic_mean(values: list[float | None]) -> float | None:
+    if any(v is None for v in values):
+        return None
+    if any(v == 0 for v in values):
+        return 0.0
+    return len(values) / sum(1 / v for v in values)
+
+
+def _aggregate(dataset: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluator's metric dict recomputed over ``cases`` gathered from several evaluation calls."""
+    metrics: dict[str, Any] = {}
+    if not cases:
+        return metrics
+    scalar_keys = [k for k, v in cases[0].items() if k not in ("id", "skipped") and not isinstance(v, dict)]
+    for key in scalar_keys:
+        metrics[key] = _mean(c.get(key) for c in cases)
+    if dataset == "counterfact":
+        metrics["score"] = _harmonic_mean([metrics.get(k) for k in ("efficacy", "generalization", "specificity")])
+        metrics["skipped"] = sum(bool(c.get("skipped")) for c in cases)
+    else:
+        keys = list(dict.fromkeys(k for c in cases for k in c.get("portability_by_key", {})))
+        metrics["portability_by_key"] = {k: _mean(c["portability_by_key"].get(k) for c in cases) for k in keys}
+    metrics["n_cases"] = len(cases)
+    return metrics
+
+
+def headline_metrics(dataset: str, metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The fraction-valued metrics of an evaluator's metric dict (``portability_by_key`` flattened
+    to ``portability.<key>``); magnitudes and counts stay in ``metrics.json``."""
+    out: dict[str, float | None] = {k: metrics.get(k) for k in _FRACTION_KEYS[dataset]}
+    for key, value in (metrics.get("portability_by_key") or {}).items():
+        out[f"portability.{key}"] = value
+    return out
+
+
+def _evaluate(dataset: str, model, tokenizer, requests: Sequence[EditRequest], pre) -> dict[str, Any]:
+    from kedit.eval import evaluate_counterfact, evaluate_zsre
+
+    if dataset == "counterfact":
+        return evaluate_counterfact(model, tokenizer, requests)
+    return evaluate_zsre(model, tokenizer, requests, pre=pre)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _git_hash() -> str | None:
+    """The commit of the kedit source checkout (dev builds only), else None."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def _versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    import kedit
+
+    out: dict[str, str | None] = {"kedit": kedit.__version__, "python": platform.python_version()}
+    for dist in ("torch", "transformers", "safetensors", "numpy", "tokenizers", "accelerate"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with tensors turned into lists, so journal lines always serialise."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_args(requests, dataset: str, batch_size: int, mode: str) -> list[EditRequest]:
+    if mode not in MODES:
+        raise ConfigError(param_message("mode", "run_bench", f"one of {list(MODES)}", mode))
+    if dataset not in DATASETS:
+        raise ConfigError(param_message("dataset", "run_bench", f"one of {list(DATASETS)}", dataset))
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(param_message("batch_size", "run_bench", "a positive int", batch_size))
+    requests = list(requests)
+    if not requests:
+        raise DataError("run_bench: 'requests' is empty; nothing to edit (check --n/--start and the data file).")
+    for i, r in enumerate(requests):
+        if not isinstance(r, EditRequest):
+            raise DataError(f"run_bench: requests[{i}] must be an EditRequest. Got {type(r).__name__} instead.")
+    return requests
+
+
+def _progress(console, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    disable=not enabled, transient=False)
+
+
+# -- the runner ------------------------------------------------------------------------------
+def run_bench(
+    model,
+    tokenizer,
+    *,
+    method: str,
+    requests: Sequence[EditRequest],
+    dataset: str,
+    batch_size: int,
+    mode: str,
+    out_dir: str | os.PathLike,
+    config: Any = None,
+    seed: int = 0,
+    data_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    save_edits: bool = True,
+    run_args: dict[str, Any] | None = None,
+    console=None,
+) -> dict[str, Any]:
+    """Edit ``requests`` in batches with ``method``, score them and write the run directory ``out_dir``.
+
+    Args:
+        model, tokenizer: the model to edit (its weights are restored bit for bit before returning).
+        method: preset name (``kedit methods``); ``config``: None, an override dict or a config instance.
+        requests: the edit requests, in order; batches are consecutive slices of ``batch_size``.
+        dataset: ``"counterfact"`` (probability comparison) or ``"zsre"`` (token accuracy) scoring.
+        mode: ``"independent"`` (every batch from the original weights) or ``"sequential"`` (accumulate,
+            score once after the last batch).
+        out_dir: run directory (created; existing run files in it are overwritten).
+        seed: ``torch.manual_seed`` at the start, recorded in the manifest.
+        data_path: the data file, hashed (sha256) into the manifest.
+        save_edits: in sequential mode, save the accumulated edit set to ``out_dir/edits``.
+        run_args: extra arguments to record in the manifest (the CLI passes its options).
+        console: rich console for the progress bar (default: rich's global console).
+
+    Returns:
+        The summary written to ``summary.json``: ``{method, dataset, n, batch_size, mode, metrics,
+        pre_metrics, timing: {seconds_per_edit, edit_seconds_total, stats_seconds}, stats}``; metric
+        values are fractions in [0, 1] (or None where no request has the prompts for them).
+
+    Example:
+        >>> summary = run_bench(model, tok, method="memit", requests=reqs, dataset="counterfact",
+        ...                     batch_size=2, mode="sequential", out_dir="runs/demo")  # doctest: +SKIP
+    """
+    from kedit.editor import Editor
+    from kedit.eval import PreEditCache
+    from kedit.ledger import save_edit_set
+
+    requests = _check_args(requests, dataset, batch_size, mode)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    editor = Editor(model, tokenizer, method, config, cache_dir=cache_dir, progress=progress)
+    editor.config.to_yaml(out / "config.yaml")
+    _write_json(out / "manifest.json", _manifest(editor, model, seed, data_path, dataset, mode, batch_size,
+                                                 requests, run_args))
+    log.info("%s on %d %s request(s): batch size %d, %s mode -> %s", method, len(requests), dataset, batch_size,
+             mode, out)
+
+    start = time.perf_counter()
+    editor.prepare()
+    stats_seconds = time.perf_counter() - start
+    log.info("statistics and projections ready in %.1f s", stats_seconds)
+
+    with torch.no_grad():
+        if dataset == "zsre":
+            pre = PreEditCache.build(model, tokenizer, requests)
+            pre_result = _evaluate(dataset, model, tokenizer, requests, pre)  # locality_pre = 1 by construction
+        else:
+            pre = None
+            pre_result = _evaluate(dataset, model, tokenizer, requests, None)
+    log.info("pre-edit: %s", _fmt(headline_metrics(dataset, pre_result["metrics"])))
+
+    batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
+    journal_path = out / "journal.jsonl"
+    journal_path.write_text("", encoding="utf-8")
+    edit_seconds = 0.0
+    post_cases: list[dict[str, Any]] = []
+    merged = None
+    batch_metas: list[dict[str, Any]] = []
+    try:
+        with _progress(console, progress) as bar:
+            task = bar.add_task(f"{method} ({mode})", total=len(batches))
+            for index, batch in enumerate(batches):
+                if mode == "independent":
+                    editor.reset_state()
+                t0 = time.perf_counter()
+                edit_set = editor.edit(batch)
+                seconds = time.perf_counter() - t0
+                edit_seconds += seconds
+                record: dict[str, Any] = {
+                    "batch": index,
+                    "request_ids": edit_set.request_ids(),
+                    "n_requests": len(batch),
+                    "seconds": round(seconds, 6),
+                    "compute_seconds": edit_set.meta.get("seconds"),
+                    "method": edit_set.method,
+                    "tensors": list(edit_set.names()),
+                    "info": _jsonable({k: v for k, v in edit_set.meta.items() if k != "seconds"}),
+                }
+                if mode == "independent":
+                    t1 = time.perf_counter()
+                    with torch.no_grad():
+                        result = _evaluate(dataset, model, tokenizer, batch, pre)
+                    editor.revert()
+                    post_cases.extend(result["cases"])
+                    record["eval_seconds"] = round(time.perf_counter() - t1, 6)
+                    record["metrics"] = headline_metrics(dataset, result["metrics"])
+                else:
+                    batch_metas.append({"batch": index, **edit_set.meta})
+                    merged = edit_set if merged is None else merged.merge(edit_set)
+                with open(journal_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record, default=str) + "\n")
+                log.info("batch %d/%d: %d edit(s) in %.2f s", index + 1, len(batches), len(batch), seconds)
+                bar.advance(task)
+
+        if mode == "sequential":
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                result = _evaluate(dataset, model, tokenizer, requests, pre)
+            post_cases = result["cases"]
+            log.info("evaluated %d request(s) on the final model in %.1f s", len(requests), time.perf_counter() - t1)
+            if save_edits and merged is not None:
+                from kedit.ledger import EditSet
+
+                flat = EditSet(merged.deltas, merged.method, merged.config, merged.requests, merged.base_fingerprint,
+                               meta={"mode": "sequential", "batches": batch_metas})
+                path = save_edit_set(flat, out / "edits", overwrite=True)
+                log.info("saved the accumulated edit set to %s", path)
+    finally:
+        if editor.ledger.history:  # leave the caller's model as it came
+            editor.revert()
+
+    # Sequential: one evaluation of every request; independent: per-batch cases pooled.
+    post_metrics = result["metrics"] if mode == "sequential" else _aggregate(dataset, post_cases)
+    stats_cfg = getattr(editor.config, "stats", None)
+    stats_report = editor.ctx.stats(stats_cfg).report() if stats_cfg is not None else {}
+    summary = {
+        "method": method,
+        "dataset": dataset,
+        "n": len(requests),
+        "batch_size": batch_size,
+        "mode": mode,
+        "metrics": headline_metrics(dataset, post_metrics),
+        "pre_metrics": headline_metrics(dataset, pre_result["metrics"]),
+        "timing": {
+            "seconds_per_edit": edit_seconds / len(requests),
+            "edit_seconds_total": edit_seconds,
+            "stats_seconds": stats_seconds,
+        },
+        "stats": _jsonable(stats_report),
+    }
+    _write_json(out / "metrics.json", {
+        "pre": pre_result["metrics"], "post": post_metrics,
+        "cases": {"pre": pre_result["cases"], "post": post_cases},
+    })
+    _write_json(out / "summary.json", summary)
+    log.info("post-edit: %s", _fmt(summary["metrics"]))
+    return summary
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def _manifest(editor, model, seed, data_path, dataset, mode, batch_size, requests, run_args) -> dict[str, Any]:
+    import kedit
+
+    config = getattr(model, "config", None)
+    data = None
+    if data_path is not None:
+        data = {"path": str(Path(data_path).resolve()), "sha256": _sha256(data_path)}
+    return {
+        "format": "kedit.run",
+        "kedit_version": kedit.__version__,
+        "git_hash": _git_hash(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(next(model.parameters()).device),
+        "seed": seed,
+        "data": data,
+        "dataset": dataset,
+        "n": len(requests),
+        "request_ids": [r.id for r in requests],
+        "mode": mode,
+        "batch_size": batch_size,
+        "method": editor.spec.name,
+        "config_hash": editor.config.config_hash(),
+        "model": {
+            "name_or_path": str(getattr(config, "name_or_path", "") or getattr(model, "name_or_path", "")),
+            "model_type": getattr(config, "model_type", None),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "weights_fingerprint": editor.ledger.base_fingerprint,
+        },
+        "argv": list(sys.argv),
+        "args": _jsonable(dict(run_args or {})),
+    }
