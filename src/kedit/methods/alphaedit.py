@@ -38,8 +38,8 @@ class AlphaEditConfig(Config):
     seed: int = field(0, "Seed of the sampled context templates.")
 
     def __post_init__(self) -> None:
-        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers),
-                    "a non-empty list of layer indices >= 0")
+        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers)
+                    and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices >= 0")
         self._check("nullspace_threshold", self.nullspace_threshold > 0, "a float > 0")
         self._check("l2", self.l2 > 0, "a float > 0")
 

@@ -74,7 +74,8 @@ class FineTune(EditMethod):
         name = ctx.adapter.weight_name(cfg.layer)
         weight = dict(ctx.model.named_parameters())[name]
         losses = []
-        with restoring(ctx.model, [name]) as saved, frozen(ctx.model, [weight]), eval_mode(ctx.model):
+        with restoring(ctx.model, [name]) as saved, frozen(ctx.model, [weight]), eval_mode(ctx.model), \
+                torch.random.fork_rng(devices=[]):
             original = saved[name]
             torch.manual_seed(cfg.seed)
             opt = torch.optim.Adam([weight], lr=cfg.lr)
@@ -83,7 +84,7 @@ class FineTune(EditMethod):
                 loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lab[:, 1:].flatten(), ignore_index=-100)
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"FT loss became non-finite at step {step}; lower lr (got {cfg.lr})")
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if loss.item() < cfg.early_stop_loss:
                     break
                 opt.zero_grad()
@@ -93,6 +94,7 @@ class FineTune(EditMethod):
                     with torch.no_grad():
                         weight.copy_(torch.clamp(weight, original - cfg.norm_constraint, original + cfg.norm_constraint))
             delta = (weight.detach() - original).clone()
+            weight.grad = None
         return {name: delta}, state, {"ft_loss": losses}
 
 

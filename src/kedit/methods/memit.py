@@ -32,8 +32,8 @@ class MemitConfig(Config):
     seed: int = field(0, "Seed of the sampled context templates.")
 
     def __post_init__(self) -> None:
-        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers),
-                    "a non-empty list of layer indices >= 0")
+        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers)
+                    and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices >= 0")
         self._check("mom2_update_weight", self.mom2_update_weight > 0, "a float > 0")
 
     @classmethod

@@ -51,7 +51,12 @@ def null_space_projector(C0: torch.Tensor, threshold: float, *, relative: bool =
     ``eigh`` (C0 is symmetric PSD, so eigenvalues = singular values) in float64.
     ``relative=True`` thresholds ``eigenvalue / max eigenvalue`` instead.
     """
-    evals, evecs = torch.linalg.eigh(C0.double())
+    if not torch.isfinite(C0).all():
+        raise NonFiniteError("null_space_projector: the key statistics C0 contain NaN/inf; recompute them.")
+    try:
+        evals, evecs = torch.linalg.eigh(C0.double())
+    except torch.linalg.LinAlgError as exc:
+        raise NonFiniteError(f"null_space_projector: eigendecomposition of C0 failed ({exc}).") from None
     cut = threshold * evals.max() if relative else threshold
     U0 = evecs[:, evals < cut]  # (d_k, r)
     return U0 @ U0.T

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from kedit.errors import NonFiniteError
+from kedit.errors import DataError, NonFiniteError
 from kedit.paths import cache_dir as default_cache_dir
 from kedit.stats.corpus import corpus_digest, default_corpus
 from kedit.stats.second_moment import LayerMoment, collect_second_moments
@@ -127,7 +127,16 @@ class StatsCache:
     def C0(self, layer: int) -> torch.Tensor:
         """E[k kᵀ] at ``layer`` (float64, d_k × d_k)."""
         self.ensure([layer])
-        return self._memory[layer]
+        if layer not in self._memory:
+            raise DataError(
+                f"{self.corpus}: the corpus yields fewer than seq_len={self.seq_len} tokens, so no key statistics "
+                f"were collected for {self.adapter.mlp_out_name(layer)}; use a longer corpus or a smaller seq_len"
+            )
+        C0 = self._memory[layer]
+        if not torch.isfinite(C0).all():
+            raise NonFiniteError(f"key statistics of {self.adapter.mlp_out_name(layer)} contain NaN/inf "
+                                 f"(cache file {self.path(layer)}); delete it to recompute")
+        return C0
 
     def report(self) -> dict[str, object]:
         return {"tokens_used": dict(self.tokens_used), "seconds": round(self.seconds, 3),
