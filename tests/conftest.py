@@ -47,6 +47,15 @@ def no_leaked_hooks():
     assert not leaked, f"forward hooks left on modules: {leaked[:5]}"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny-model tests on one thread; restores the thread count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The embedded default model (session scoped; loading is < 1 s after the first conversion)."""

@@ -34,12 +34,8 @@ PAIRS = [
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def _single_thread(one_thread):
     """Tiny models run ~100x faster on one intra-op thread than on two contended ones; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=["llama", "gpt2", "gpt_neox"])

@@ -32,11 +32,8 @@ def _params():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Tiny models: one thread (two threads fight under a shared 2-core load)."""
 
 
 @pytest.fixture(scope="module")

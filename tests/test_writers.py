@@ -19,11 +19,8 @@ FAST = settings(max_examples=25, deadline=None)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Tiny models: one thread (two threads fight under a shared 2-core load)."""
 
 
 def randn(g: torch.Generator, *shape) -> torch.Tensor:

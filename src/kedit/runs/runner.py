@@ -34,6 +34,7 @@ import torch
 
 from kedit.data.requests import EditRequest
 from kedit.errors import ConfigError, DataError, param_message
+from kedit.eval.counterfact import _harmonic_mean
 
 __all__ = ["run_bench", "MODES", "DATASETS", "headline_metrics"]
 
@@ -53,14 +54,6 @@ _FRACTION_KEYS = {
 def _mean(values) -> float | None:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else None
-
-
-def _harmonic_mean(values: list[float | None]) -> float | None:
-    if any(v is None for v in values):
-        return None
-    if any(v == 0 for v in values):
-        return 0.0
-    return len(values) / sum(1 / v for v in values)
 
 
 def _aggregate(dataset: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
