@@ -124,6 +124,14 @@ class EditContext:
     value_cache: "ValueCache | None" = None
     _stats: dict = dataclasses.field(default_factory=dict)
     _templates: dict = dataclasses.field(default_factory=dict)
+    _base: dict = dataclasses.field(default_factory=dict)
+
+    def base_weight(self, name: str) -> torch.Tensor:
+        """A copy of parameter ``name`` as it was at its first request; methods call this from
+        ``prepare`` (on the unedited model) for the weights their statistics are tied to."""
+        if name not in self._base:
+            self._base[name] = dict(self.model.named_parameters())[name].detach().clone()
+        return self._base[name]
 
     def stats(self, config: StatsConfig) -> StatsCache:
         """The statistics cache of the unedited model for ``config`` (built once per context)."""

@@ -1,0 +1,125 @@
+"""LyapLock preset: MEMIT keys/values, the Lyapunov-queue weighted closed form (methods.md §6).
+
+State per edited layer (all d_k×d_k or scalar, so memory is flat in the number of edits):
+``S_KK``/``S_VK`` past-edit sums, queue ``Z``, constants ``a``/``Z_min``/``D0`` (set after the first
+batch), the last preservation loss ``D``; plus the batch counter ``t``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from kedit.config import Config, field
+from kedit.methods.base import StatsConfig, ValueTargetConfig
+from kedit.methods.defaults import default_memit_layers
+from kedit.methods.memit import Memit
+from kedit.methods.registry import register_method
+from kedit.stages.lyaplock import lyaplock_delta, preservation_loss, queue_constants, queue_update
+from kedit.stages.spread import spread_over_layers
+from kedit.stats.second_moment import value_moments
+
+__all__ = ["LyapLockConfig", "LyapLock"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LyapLockConfig(Config):
+    """LyapLock (2025).
+
+    Args:
+        layers: edited layers.
+        mom2_update_weight: λ (1000 in the reference, not MEMIT's 15000).
+        alpha: budget multiplier: D̄ = α·D₀ with D₀ the loss after the first batch.
+        V: weight of the editing terms (drift-plus-penalty V).
+        b: constant queue increment.
+        target / stats / seed: as MEMIT.
+    """
+
+    layers: list[int] = field([1, 2], "Edited layers; the value target sits after the last one.")
+    mom2_update_weight: float = field(1000.0, "λ: base weight of the preservation term.")
+    alpha: float = field(60.0, "Budget multiplier: D̄ = α·D₀ (D₀ measured after the first batch).")
+    V: float = field(1.0, "Drift-plus-penalty weight of the editing terms.")
+    b: float = field(0.0, "Constant increment of the virtual queue.")
+    target: ValueTargetConfig = field(ValueTargetConfig(), "Value optimisation options.")
+    stats: StatsConfig = field(StatsConfig(), "Key statistics options.")
+    seed: int = field(0, "Seed of the sampled context templates.")
+
+    def __post_init__(self) -> None:
+        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers)
+                    and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices >= 0")
+        self._check("mom2_update_weight", self.mom2_update_weight > 0, "a float > 0")
+        self._check("alpha", self.alpha > 0, "a float > 0")
+        self._check("V", self.V > 0, "a float > 0")
+
+    @classmethod
+    def for_model(cls, model_type: str | None, n_layers: int | None) -> "LyapLockConfig":
+        return cls(layers=default_memit_layers(n_layers))
+
+
+class LyapLock(Memit):
+    tags = frozenset({"deterministic", "needs_stats", "batched", "closed_form", "stateful"})
+
+    def prepare(self, ctx) -> None:
+        super().prepare(ctx)
+        for layer in self.config.layers:
+            ctx.base_weight(ctx.adapter.weight_name(layer))
+
+    def initial_state(self, ctx):
+        return {"t": torch.tensor(0.0, dtype=torch.float64)}
+
+    def compute(self, ctx, requests, state):
+        cfg = self.config
+        stats = ctx.stats(cfg.stats)
+        stats.ensure(cfg.layers)
+        templates, values = self.values(ctx, requests)
+        new = dict(state)
+        first = float(state["t"]) == 0
+        params = dict(ctx.model.named_parameters())
+        info: dict[str, dict] = {"D": {}, "budget": {}, "Z": {}, "weight": {}}
+
+        def solve(layer, K, R):
+            C0 = stats.C0(layer)
+            W0 = ctx.adapter.to_out_in(stats_weight(ctx, layer)).double()
+            VK, VV = value_moments(C0, W0)
+            W = ctx.adapter.to_out_in(params[ctx.adapter.weight_name(layer)].detach()).double()
+            if first:
+                weight = cfg.mom2_update_weight
+                delta = lyaplock_delta(K, R, W, C0, VK, None, None, weight, cfg.V, what=f"LyapLock layer {layer}")
+            else:
+                weight = float(state[f"a.{layer}"] * state[f"Z.{layer}"]) * cfg.mom2_update_weight
+                delta = lyaplock_delta(K, R, W, C0, VK, state[f"S_KK.{layer}"], state[f"S_VK.{layer}"], weight,
+                                       cfg.V, what=f"LyapLock layer {layer}")
+            W_after = W + delta
+            D = preservation_loss(W_after, C0, VK, VV)
+            if first:
+                a, Z_min = queue_constants(D, cfg.alpha)
+                new[f"D0.{layer}"] = torch.tensor(D, dtype=torch.float64)
+                new[f"a.{layer}"] = torch.tensor(a, dtype=torch.float64)
+                new[f"Z_min.{layer}"] = torch.tensor(Z_min, dtype=torch.float64)
+                Z = Z_min
+            else:
+                a, Z_min, Z = (float(state[f"{k}.{layer}"]) for k in ("a", "Z_min", "Z"))
+            budget = cfg.alpha * float(new[f"D0.{layer}"])
+            new[f"Z.{layer}"] = torch.tensor(queue_update(Z, D, budget, a, cfg.b, Z_min), dtype=torch.float64)
+            new[f"D.{layer}"] = torch.tensor(D, dtype=torch.float64)
+            KK = K.double() @ K.double().T
+            new[f"S_KK.{layer}"] = KK if first else state[f"S_KK.{layer}"] + KK
+            new[f"S_VK.{layer}"] = W_after @ KK if first else state[f"S_VK.{layer}"] + W_after @ KK
+            info["D"][layer], info["budget"][layer] = D, budget
+            info["Z"][layer], info["weight"][layer] = float(new[f"Z.{layer}"]), weight
+            return delta
+
+        deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,
+                                    cfg.layers, solve)
+        new["t"] = state["t"] + 1
+        return deltas, new, {"value_loss": values.loss, "value_steps": values.steps, "lyaplock": info}
+
+
+def stats_weight(ctx, layer: int) -> torch.Tensor:
+    """The UNEDITED rewrite weight W0 at ``layer`` (V0 = W0 K0 is tied to the statistics, §6.5)."""
+    return ctx.base_weight(ctx.adapter.weight_name(layer))
+
+
+register_method("lyaplock", LyapLockConfig, LyapLock,
+                summary="Sequential editing with a Lyapunov virtual queue on the preservation loss (2025).",
+                tags=LyapLock.tags)

@@ -1,0 +1,92 @@
+"""LyapLock: queue arithmetic, closed form vs brute force, and the queue's effect on a tiny model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kedit
+from kedit.stages.lyaplock import lyaplock_delta, preservation_loss, queue_constants, queue_update
+from kedit.stats.second_moment import value_moments
+from kedit.testing.checks import cheap_config, tiny_requests, write_tiny_corpus
+from kedit.testing.tiny import tiny_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread(one_thread):
+    """Tiny models: one thread."""
+
+
+def test_queue_arithmetic_by_hand():
+    a, z_min = queue_constants(D0=0.5, alpha=2.0)  # αD0 = 1
+    assert (a, z_min) == (1.0, 1.0)
+    # under budget: clipped at Z_min
+    assert queue_update(1.0, 0.2, budget=1.0, a=1.0, b=0.0, Z_min=1.0) == 1.0
+    # D = 2·budget: the weight a·Z grows by exactly +1 (spec §6.3)
+    assert queue_update(1.0, 2.0, budget=1.0, a=1.0, b=0.0, Z_min=1.0) == 2.0
+    # a = 1/4, budget 16: Z = 4 + (32 − 16)/4 + 0.5 = 8.5
+    assert queue_update(4.0, 32.0, budget=16.0, a=0.25, b=0.5, Z_min=4.0) == 8.5
+    a, z_min = queue_constants(D0=3.0, alpha=60.0)
+    assert math.isclose(a * z_min, 1.0) and math.isclose(z_min, math.sqrt(180.0))
+
+
+def test_preservation_loss_is_mean_squared_error_over_keys():
+    g = torch.Generator().manual_seed(0)
+    K0 = torch.randn(6, 40, generator=g, dtype=torch.float64)
+    W0 = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    W = W0 + 0.1 * torch.randn(3, 6, generator=g, dtype=torch.float64)
+    C0 = K0 @ K0.T / 40
+    VK, VV = value_moments(C0, W0)
+    direct = ((W @ K0 - W0 @ K0) ** 2).sum() / 40
+    assert math.isclose(preservation_loss(W, C0, VK, VV), float(direct), rel_tol=1e-9)
+    assert abs(preservation_loss(W0, C0, VK, VV)) < 1e-10
+
+
+@settings(max_examples=25, deadline=None)
+@given(d_k=st.integers(2, 8), d_v=st.integers(1, 5), n=st.integers(1, 4), n_past=st.integers(0, 5),
+       weight=st.sampled_from([0.5, 1.0, 7.0]), V=st.sampled_from([1.0, 2.0]), seed=st.integers(0, 10_000))
+def test_closed_form_equals_brute_force(d_k, d_v, n, n_past, weight, V, seed):
+    """Δ minimises V‖ΔK1 − R‖² + V‖(W+Δ)Kp − Vp‖² + w‖(W+Δ)K0 − V0‖² (stacked least squares)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    K, R, W, W0 = r(d_k, n), r(d_v, n), r(d_v, d_k), r(d_v, d_k)
+    K0 = r(d_k, 3 * d_k)
+    C0 = K0 @ K0.T
+    VK = W0 @ C0
+    Kp, Vp = r(d_k, n_past), r(d_v, n_past)
+    S_KK, S_VK = (Kp @ Kp.T, Vp @ Kp.T) if n_past else (None, None)
+    delta = lyaplock_delta(K, R, W, C0, VK, S_KK, S_VK, weight, V)
+    # rows of Δ solve: min ‖Δ X − Y‖² with X = [√V K1, √V Kp, √w K0], Y = [√V R, √V (Vp − W Kp), √w (W0 − W) K0]
+    X = torch.cat([math.sqrt(V) * K, math.sqrt(V) * Kp, math.sqrt(weight) * K0], 1)
+    Y = torch.cat([math.sqrt(V) * R, math.sqrt(V) * (Vp - W @ Kp), math.sqrt(weight) * (W0 - W) @ K0], 1)
+    brute = torch.linalg.lstsq(X.T, Y.T).solution.T
+    assert torch.allclose(delta, brute, atol=1e-7, rtol=1e-6)
+
+
+def test_low_alpha_raises_weight_and_pulls_loss_back(tmp_path):
+    """With a deliberately low α the budget is violated, a·Z grows above 1, and the next batches'
+    updates keep D(t) nearer the budget than the same stream edited without the queue (α huge)."""
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    requests = tiny_requests()
+
+    def run(alpha):
+        model, tok = tiny_model("llama")
+        config = {**cheap_config("lyaplock", corpus), "alpha": alpha, "mom2_update_weight": 0.5}
+        editor = kedit.Editor(model, tok, "lyaplock", config, cache_dir=tmp_path / "cache")
+        weights = []
+        for r in requests * 2:
+            edits = editor.edit([r])
+            weights.append(edits.meta["lyaplock"]["weight"])
+        return editor, weights
+
+    editor, weights = run(alpha=1.01)
+    layer = editor.config.layers[-1]
+    grown = [w[layer] / editor.config.mom2_update_weight for w in weights[1:]]
+    assert max(grown) > 1.0, grown  # a·Z rose above its floor of 1
+    assert float(editor.state[f"Z.{layer}"]) >= float(editor.state[f"Z_min.{layer}"])
+    relaxed, relaxed_weights = run(alpha=1e6)
+    assert all(abs(w[layer] / relaxed.config.mom2_update_weight - 1.0) < 1e-9 for w in relaxed_weights[1:])
+    assert float(editor.state[f"D.{layer}"]) < float(relaxed.state[f"D.{layer}"])
