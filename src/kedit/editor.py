@@ -103,6 +103,17 @@ class Editor:
         self.state = state
         return edit_set
 
+    def finalize(self) -> EditSet | None:
+        """Apply the method's end-of-stream correction (PRUNE's singular-value restraint), if any."""
+        finalize = getattr(self.method, "finalize", None)
+        if finalize is None or not self.ledger.history:
+            return None
+        deltas = finalize(self.ctx)
+        edit_set = EditSet(deltas, self.spec.name, self.config.to_dict(), (), self.ledger.base_fingerprint,
+                           meta={"finalize": True})
+        self.ledger.apply(edit_set, batch=len(self.ledger.history), check_fingerprint=False)
+        return edit_set
+
     def revert(self) -> None:
         """Restore the original weights bit for bit and reset the sequential state."""
         self.ledger.revert()

@@ -286,6 +286,12 @@ def run_bench(
                 bar.advance(task)
 
         if mode == "sequential":
+            t0 = time.perf_counter()
+            final = editor.finalize()
+            if final is not None:
+                edit_seconds += time.perf_counter() - t0
+                merged = merged.merge(final)
+                batch_metas.append({"finalize": True})
             t1 = time.perf_counter()
             with torch.no_grad():
                 result = _evaluate(dataset, model, tokenizer, requests, pre)
