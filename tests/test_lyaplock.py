@@ -90,3 +90,18 @@ def test_low_alpha_raises_weight_and_pulls_loss_back(tmp_path):
     relaxed, relaxed_weights = run(alpha=1e6)
     assert all(abs(w[layer] / relaxed.config.mom2_update_weight - 1.0) < 1e-9 for w in relaxed_weights[1:])
     assert float(editor.state[f"D.{layer}"]) < float(relaxed.state[f"D.{layer}"])
+
+
+@pytest.mark.parametrize("method", ["lyaplock+memit", "lyaplock+rect"])
+def test_queue_scales_the_host_lambda(tmp_path, method):
+    """Host methods under the queue: batch 1 uses λ, later batches a·Z(t)·λ, which rises above λ
+    once the host's preservation loss exceeds a deliberately low budget."""
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    config = {**cheap_config(method, corpus), "alpha": 1.01, "mom2_update_weight": 0.5}
+    editor = kedit.Editor(model, tok, method, config, cache_dir=tmp_path / "cache")
+    weights = [editor.edit([r]).meta["lyaplock"]["weight"] for r in tiny_requests() * 2]
+    layer = editor.config.layers[0]
+    assert weights[0][layer] == 0.5
+    assert max(w[layer] for w in weights[1:]) > 0.5
+    editor.revert()

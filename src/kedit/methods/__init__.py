@@ -1,5 +1,5 @@
 """Method presets; importing this package registers every built-in preset."""
-from kedit.methods import alphaedit, ft, lyaplock, memit, prune, rect, rome  # noqa: F401  (registration side effects)
+from kedit.methods import alphaedit, ft, lyaplock, lyaplock_hosts, memit, prune, rect, rome  # noqa: F401  (registration side effects)
 from kedit.methods.registry import get_method, list_methods, register_method
 
 __all__ = ["get_method", "list_methods", "register_method"]

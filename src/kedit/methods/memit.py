@@ -47,6 +47,10 @@ class Memit(EditMethod):
     def prepare(self, ctx: EditContext) -> None:
         ctx.stats(self.config.stats).ensure(self.config.layers)
 
+    def preservation_weight(self, layer: int, state) -> float:
+        """λ of the preservation term; schedulers (LyapLock) scale it from their state."""
+        return self.config.mom2_update_weight
+
     def values(self, ctx: EditContext, requests):
         cfg = self.config
         templates = ctx.templates(cfg.target.context_templates, cfg.seed)
@@ -60,7 +64,8 @@ class Memit(EditMethod):
         templates, values = self.values(ctx, requests)
 
         def solve(layer, K, R):
-            return memit_delta(K, R, stats.C0(layer), cfg.mom2_update_weight, what=f"MEMIT layer {layer}")
+            lam = self.preservation_weight(layer, state)
+            return memit_delta(K, R, stats.C0(layer), lam, what=f"MEMIT layer {layer}")
 
         deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,
                                     cfg.layers, solve)

@@ -1,0 +1,106 @@
+"""LyapLock as a scheduler over host methods: LyapLock+MEMIT and LyapLock+RECT (methods.md §6.4).
+
+The reference repository has no code for the paper's compatibility experiments; the contract
+derived in the spec is used: the host's fixed preservation weight λ becomes a·Z(t)·λ, and the
+queue runs on the host's own preservation loss D(t) measured on the weights it writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from kedit.config import field
+from kedit.methods.memit import Memit, MemitConfig
+from kedit.methods.rect import Rect, RectConfig
+from kedit.methods.registry import register_method
+from kedit.stages.lyaplock import preservation_loss, queue_constants, queue_update
+from kedit.stats.second_moment import value_moments
+
+__all__ = ["QueueScheduled", "LyapLockMemitConfig", "LyapLockRectConfig"]
+
+
+class QueueScheduled:
+    """Mixin: a virtual queue per layer scales ``preservation_weight`` (host λ → a·Z(t)·λ)."""
+
+    def prepare(self, ctx) -> None:
+        super().prepare(ctx)
+        for layer in self.config.layers:
+            ctx.base_weight(ctx.adapter.weight_name(layer))
+
+    def initial_state(self, ctx):
+        return {**super().initial_state(ctx), "queue.t": torch.tensor(0.0, dtype=torch.float64)}
+
+    def preservation_weight(self, layer: int, state) -> float:
+        base = super().preservation_weight(layer, state)
+        if float(state["queue.t"]) == 0:
+            return base
+        return float(state[f"queue.a.{layer}"] * state[f"queue.Z.{layer}"]) * base
+
+    def compute(self, ctx, requests, state):
+        deltas, new, info = super().compute(ctx, requests, state)
+        new = dict(new)
+        first = float(state["queue.t"]) == 0
+        stats = ctx.stats(self.config.stats)
+        params = dict(ctx.model.named_parameters())
+        queue_info = {"D": {}, "budget": {}, "Z": {}, "weight": {}}
+        for layer in self.config.layers:
+            name = ctx.adapter.weight_name(layer)
+            C0 = stats.C0(layer)
+            W0 = ctx.adapter.to_out_in(ctx.base_weight(name)).double()
+            VK, VV = value_moments(C0, W0)
+            W_after = ctx.adapter.to_out_in(params[name].detach() + deltas[name]).double()
+            D = preservation_loss(W_after, C0, VK, VV)
+            if first:
+                a, Z_min = queue_constants(D, self.config.alpha)
+                new[f"queue.D0.{layer}"] = torch.tensor(D, dtype=torch.float64)
+                new[f"queue.a.{layer}"] = torch.tensor(a, dtype=torch.float64)
+                new[f"queue.Z_min.{layer}"] = torch.tensor(Z_min, dtype=torch.float64)
+                Z = Z_min
+            else:
+                a, Z_min, Z = (float(state[f"queue.{k}.{layer}"]) for k in ("a", "Z_min", "Z"))
+            budget = self.config.alpha * float(new[f"queue.D0.{layer}"])
+            new[f"queue.Z.{layer}"] = torch.tensor(queue_update(Z, D, budget, a, self.config.b, Z_min),
+                                                   dtype=torch.float64)
+            new[f"queue.D.{layer}"] = torch.tensor(D, dtype=torch.float64)
+            queue_info["D"][layer], queue_info["budget"][layer] = D, budget
+            queue_info["Z"][layer] = float(new[f"queue.Z.{layer}"])
+            queue_info["weight"][layer] = self.preservation_weight(layer, state)
+        new["queue.t"] = state["queue.t"] + 1
+        return deltas, new, {**info, "lyaplock": queue_info}
+
+
+_QUEUE_FIELDS = {
+    "alpha": (60.0, "Budget multiplier: D̄ = α·D₀ (D₀ measured after the first batch)."),
+    "b": (0.0, "Constant increment of the virtual queue."),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LyapLockMemitConfig(MemitConfig):
+    """MEMIT with LyapLock's adaptive preservation weight a·Z(t)·λ (alpha, b as in LyapLockConfig)."""
+
+    alpha: float = field(*_QUEUE_FIELDS["alpha"])
+    b: float = field(*_QUEUE_FIELDS["b"])
+
+
+@dataclasses.dataclass(frozen=True)
+class LyapLockRectConfig(RectConfig):
+    """RECT with LyapLock's adaptive preservation weight a·Z(t)·λ (alpha, b as in LyapLockConfig)."""
+
+    alpha: float = field(*_QUEUE_FIELDS["alpha"])
+    b: float = field(*_QUEUE_FIELDS["b"])
+
+
+class LyapLockMemit(QueueScheduled, Memit):
+    tags = Memit.tags | {"stateful"}
+
+
+class LyapLockRect(QueueScheduled, Rect):
+    tags = Rect.tags | {"stateful"}
+
+
+register_method("lyaplock+memit", LyapLockMemitConfig, LyapLockMemit,
+                summary="MEMIT whose λ follows LyapLock's virtual queue (compatibility mode).", tags=LyapLockMemit.tags)
+register_method("lyaplock+rect", LyapLockRectConfig, LyapLockRect,
+                summary="RECT whose λ follows LyapLock's virtual queue (compatibility mode).", tags=LyapLockRect.tags)
