@@ -221,6 +221,8 @@ def bench(
     cache_dir: Optional[Path] = _CACHE,
     save_edits: bool = typer.Option(True, "--save-edits/--no-save-edits", help="Sequential mode: save the accumulated edit set to OUT/edits."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Sequential mode: checkpoint OUT/checkpoint every N batches (0 = never)."),
+    resume: bool = typer.Option(False, "--resume", help="Sequential mode: continue a killed run from OUT/checkpoint."),
 ) -> None:
     """Run edits in batches, evaluate them and write a run directory."""
     from kedit.data.loaders import detect_dataset, load_requests
@@ -241,7 +243,8 @@ def bench(
                 "cache_dir": str(cache_dir) if cache_dir else None}
     summary = run_bench(loaded, tokenizer, method=method, requests=requests, dataset=name, batch_size=batch_size,
                         mode=mode.value, out_dir=out, config=overrides, seed=seed, data_path=data, progress=progress,
-                        cache_dir=cache_dir, save_edits=save_edits, run_args=run_args, console=_stderr())
+                        cache_dir=cache_dir, save_edits=save_edits, run_args=run_args, console=_stderr(),
+                        checkpoint_every=checkpoint_every, resume=resume)
     console = _stdout()
     print_summary_table(summary, console)
     console.print(f"Wrote {out}/summary.json")

@@ -97,8 +97,11 @@ class Ledger:
         _, canonical = _param_tables(self.model)
         return {alias: name for alias, name in canonical.items() if alias != name}
 
-    def current_delta(self) -> dict[str, torch.Tensor]:
+    def current_delta(self, *, exact: bool = False) -> dict[str, torch.Tensor]:
         """``W_now - W_original`` for every touched parameter (float32, or float64 for float64 weights).
+
+        ``exact=True`` returns float64 differences: for float32/bfloat16 weights, re-applying them
+        to the originals reproduces the current weights bit for bit (resumable checkpoints).
 
         Example:
             >>> from kedit.testing.tiny import tiny_model
@@ -109,7 +112,7 @@ class Ledger:
         out = {}
         for name, original in self._originals.items():
             now = everything[name].detach()
-            dtype = torch.promote_types(now.dtype, torch.float32)
+            dtype = torch.float64 if exact else torch.promote_types(now.dtype, torch.float32)
             out[name] = (now.double() - original.double()).to(dtype)
         return out
 

@@ -186,6 +186,9 @@ def run_bench(
     save_edits: bool = True,
     run_args: dict[str, Any] | None = None,
     console=None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    value_cache=None,
 ) -> dict[str, Any]:
     """Edit ``requests`` in batches with ``method``, score them and write the run directory ``out_dir``.
 
@@ -202,6 +205,12 @@ def run_bench(
         save_edits: in sequential mode, save the accumulated edit set to ``out_dir/edits``.
         run_args: extra arguments to record in the manifest (the CLI passes its options).
         console: rich console for the progress bar (default: rich's global console).
+        checkpoint_every: sequential mode: write ``out_dir/checkpoint`` atomically every this many batches
+            (0 = never).
+        resume: sequential mode: continue a killed run from ``out_dir/checkpoint`` — no edit is lost or
+            repeated and the final weights equal an uninterrupted run's bit for bit.
+        value_cache: a :class:`~kedit.methods.base.ValueCache` shared across runs on the same model
+            (value targets already optimised on the same weights are reused).
 
     Returns:
         The summary written to ``summary.json``: ``{method, dataset, n, batch_size, mode, metrics,
@@ -221,7 +230,7 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    editor = Editor(model, tokenizer, method, config, cache_dir=cache_dir, progress=progress)
+    editor = Editor(model, tokenizer, method, config, cache_dir=cache_dir, progress=progress, value_cache=value_cache)
     editor.config.to_yaml(out / "config.yaml")
     _write_json(out / "manifest.json", _manifest(editor, model, seed, data_path, dataset, mode, batch_size,
                                                  requests, run_args))
@@ -244,15 +253,34 @@ def run_bench(
 
     batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
     journal_path = out / "journal.jsonl"
-    journal_path.write_text("", encoding="utf-8")
     edit_seconds = 0.0
     post_cases: list[dict[str, Any]] = []
     merged = None
     batch_metas: list[dict[str, Any]] = []
+    first_batch = 0
+    if resume:
+        if mode != "sequential":
+            raise ConfigError("resume applies to sequential runs only (independent batches start from the base "
+                              "weights anyway).")
+        from kedit.ledger import EditSet
+        from kedit.runs.checkpoint import load_checkpoint
+
+        record = load_checkpoint(out, editor)
+        first_batch, edit_seconds = int(record["next_batch"]), float(record["edit_seconds"])
+        lines = journal_path.read_text(encoding="utf-8").splitlines(keepends=True) if journal_path.exists() else []
+        journal_path.write_text("".join(lines[: int(record["journal_lines"])]), encoding="utf-8")
+        if editor.ledger.history:
+            merged = EditSet(editor.ledger.current_delta(), editor.spec.name, editor.config.to_dict(),
+                             tuple(requests[: first_batch * batch_size]), editor.ledger.base_fingerprint)
+        log.info("resuming %s at batch %d/%d", out, first_batch + 1, len(batches))
+    else:
+        journal_path.write_text("", encoding="utf-8")
     try:
         with _progress(console, progress) as bar:
-            task = bar.add_task(f"{method} ({mode})", total=len(batches))
+            task = bar.add_task(f"{method} ({mode})", total=len(batches), completed=first_batch)
             for index, batch in enumerate(batches):
+                if index < first_batch:
+                    continue
                 if mode == "independent":
                     editor.reset_state()
                 t0 = time.perf_counter()
@@ -283,6 +311,11 @@ def run_bench(
                 with open(journal_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record, default=str) + "\n")
                 log.info("batch %d/%d: %d edit(s) in %.2f s", index + 1, len(batches), len(batch), seconds)
+                if mode == "sequential" and checkpoint_every and (index + 1) % checkpoint_every == 0:
+                    from kedit.runs.checkpoint import save_checkpoint
+
+                    save_checkpoint(out, editor, next_batch=index + 1, progress={
+                        "edit_seconds": edit_seconds, "journal_lines": index + 1})
                 bar.advance(task)
 
         if mode == "sequential":

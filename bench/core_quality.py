@@ -1,0 +1,59 @@
+"""Efficacy / Generalization / Specificity of the core presets on CounterFact (benchmark).
+
+One process, one model, one ValueCache: value targets optimised on the unedited weights are
+shared by every method and mode that needs them (MEMIT, AlphaEdit, LyapLock and the first batch
+of each sequential run), exactly as a user sharing an Editor cache would.  Writes one run
+directory per (method, mode) under --out and a combined JSON table.
+
+    python bench/core_quality.py --n 50 --seq-batch 10 --out bench/results/core
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import kedit
+from kedit.data import load_counterfact
+from kedit.methods.base import ValueCache
+from kedit.paths import data_dir
+from kedit.runs.runner import run_bench
+
+RUNS = (("memit", "independent"), ("alphaedit", "independent"), ("rome", "independent"), ("ft", "independent"),
+        ("memit", "sequential"), ("alphaedit", "sequential"), ("lyaplock", "sequential"), ("ft", "sequential"),
+        ("rome", "sequential"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--seq-batch", type=int, default=10)
+    ap.add_argument("--out", default="bench/results/core")
+    ap.add_argument("--runs", nargs="*", default=[f"{m}:{mode}" for m, mode in RUNS])
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = kedit.load_model()
+    data = data_dir() / "counterfact" / "counterfact-edit.json"
+    requests = load_counterfact(data, n=args.n)
+    cache = ValueCache()
+    table = {}
+    for spec in args.runs:
+        method, mode = spec.split(":")
+        batch = 1 if mode == "independent" else args.seq_batch
+        start = time.perf_counter()
+        summary = run_bench(model, tok, method=method, requests=requests, dataset="counterfact", batch_size=batch,
+                            mode=mode, out_dir=out / f"{method}-{mode}", data_path=data, progress=False,
+                            save_edits=False, value_cache=cache)
+        table[spec] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
+                       "timing": summary["timing"], "wall_seconds": time.perf_counter() - start,
+                       "value_cache": {"hits": cache.hits, "misses": cache.misses}}
+        (out / "table.json").write_text(json.dumps({"n": args.n, "seq_batch": args.seq_batch, "runs": table}, indent=1))
+        m = summary["metrics"]
+        print(f"{spec:24s} eff {m['efficacy']:.3f} gen {m['generalization']:.3f} spe {m['specificity']:.3f} "
+              f"s/edit {summary['timing']['seconds_per_edit']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Kill-and-resume of a sequential run: no lost or repeated edit, bit-identical final weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import kedit.editor
+from kedit.errors import LedgerError
+from kedit.runs.runner import run_bench
+from kedit.testing.checks import cheap_config, tiny_requests, write_tiny_corpus
+from kedit.testing.tiny import tiny_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread(one_thread):
+    """Tiny models: one thread."""
+
+
+def _requests():
+    return tiny_requests() * 2  # 6 edits → 3 batches of 2
+
+
+def _final_weights(tmp_path, monkeypatch, *, kill_after=None, method="lyaplock"):
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    calls = {"n": 0}
+    original_edit = kedit.editor.Editor.edit
+    captured = {}
+
+    def edit(self, requests):
+        if kill_after is not None and calls["n"] == kill_after:
+            captured.update({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        out = original_edit(self, requests)
+        captured.update({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(kedit.editor.Editor, "edit", edit)
+    kwargs = dict(method=method, requests=_requests(), dataset="counterfact", batch_size=2, mode="sequential",
+                  out_dir=tmp_path / "run", config=cheap_config(method, corpus), cache_dir=tmp_path / "cache",
+                  progress=False, checkpoint_every=1)
+    if kill_after is None:
+        run_bench(model, tok, **kwargs)
+        return captured, model
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(model, tok, **kwargs)
+    kill_after = None
+    run_bench(model, tok, **kwargs, resume=True)
+    return captured, model
+
+
+@pytest.mark.parametrize("method", ["lyaplock", "alphaedit"])
+def test_resume_after_kill_gives_bit_identical_weights(tmp_path, monkeypatch, method):
+    straight, _ = _final_weights(tmp_path / "a", monkeypatch, method=method)
+    monkeypatch.undo()
+    resumed, _ = _final_weights(tmp_path / "b", monkeypatch, kill_after=2, method=method)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    journal = (tmp_path / "b" / "run" / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(line)["batch"] for line in journal] == [0, 1, 2]  # none lost, none repeated
+
+
+def test_resume_refuses_missing_or_foreign_checkpoints(tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    kwargs = dict(method="memit", requests=_requests(), dataset="counterfact", batch_size=2, mode="sequential",
+                  config=cheap_config("memit", corpus), cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(LedgerError, match="no 'checkpoint/' folder"):
+        run_bench(model, tok, out_dir=tmp_path / "empty", resume=True, **kwargs)
+    run_bench(model, tok, out_dir=tmp_path / "run", checkpoint_every=1, **kwargs)
+    (tmp_path / "run" / "checkpoint" / "state.safetensors").unlink()
+    with pytest.raises(LedgerError, match="incomplete checkpoint"):
+        run_bench(model, tok, out_dir=tmp_path / "run", resume=True, **kwargs)
+    run_bench(model, tok, out_dir=tmp_path / "run2", checkpoint_every=1, **kwargs)
+    other = {**kwargs, "config": {**kwargs["config"], "mom2_update_weight": 7.0}}
+    with pytest.raises(LedgerError, match="different run"):
+        run_bench(model, tok, out_dir=tmp_path / "run2", resume=True, **other)
