@@ -79,3 +79,18 @@ def test_resume_refuses_missing_or_foreign_checkpoints(tmp_path):
     other = {**kwargs, "config": {**kwargs["config"], "mom2_update_weight": 7.0}}
     with pytest.raises(LedgerError, match="different run"):
         run_bench(model, tok, out_dir=tmp_path / "run2", resume=True, **other)
+
+
+def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    summary = run_bench(model, tok, method="lyaplock", requests=_requests(), dataset="counterfact", batch_size=2,
+                        mode="sequential", out_dir=tmp_path / "run", config=cheap_config("lyaplock", corpus),
+                        cache_dir=tmp_path / "cache", progress=False)
+    ratios = summary["lyaplock"]
+    assert 0 < ratios["final_budget_ratio"] <= ratios["max_budget_ratio"]
+    # the first batch defines D0, so its ratio is exactly 1/α
+    first = json.loads((tmp_path / "run" / "journal.jsonl").read_text().splitlines()[0])["info"]["lyaplock"]
+    layer = next(iter(first["D"]))
+    assert abs(first["D"][layer] / first["budget"][layer] - 1 / 60) < 1e-12
+    assert (tmp_path / "run" / "preservation_loss.png").stat().st_size > 1000

@@ -364,6 +364,12 @@ def run_bench(
         "pre": pre_result["metrics"], "post": post_metrics,
         "cases": {"pre": pre_result["cases"], "post": post_cases},
     })
+    from kedit.runs.plots import budget_summary, plot_budget
+
+    budget = budget_summary(journal_path) if mode == "sequential" else None
+    if budget is not None:
+        summary["lyaplock"] = budget
+        plot_budget(journal_path, out / "preservation_loss.png")
     _write_json(out / "summary.json", summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
     return summary
