@@ -387,3 +387,24 @@ def test_stats_cache_corpus_shorter_than_a_row_raises_data_error(tiny, tmp_path)
     small.write_text("Hi there.\n")
     with pytest.raises(DataError, match="small.txt"):
         make_cache(model, tok, adapter, small, tmp_path / "cache", seq_len=64).C0(1)
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "gpt2"])
+@pytest.mark.parametrize("site", ["block", "mlp"])
+def test_prefix_cache_gives_the_same_value_targets(family, site):
+    """The suffix-only forward with cached prefix keys/values equals the whole-prompt forward."""
+    import dataclasses as dc
+
+    from kedit.stages.values import ValueOptions, optimise_values
+
+    model, tok = tiny_model(family)
+    adapter = get_adapter(model)
+    options = ValueOptions(steps=4, lr=0.5, clamp_norm_factor=4.0, kl_factor=0.0625, weight_decay=1e-3,
+                           early_stop_loss=1e-9)
+    templates = ["{}", "A short one. {}", "Some other prefix here. {}"]
+    requests = REQUESTS[:2]
+    cached = optimise_values(model, tok, adapter, requests, templates, options, layer=1, site=site)
+    plain = optimise_values(model, tok, adapter, requests, templates, dc.replace(options, prefix_cache=False),
+                            layer=1, site=site)
+    assert torch.allclose(cached.z, plain.z, atol=1e-5, rtol=1e-4)
+    assert cached.steps == plain.steps

@@ -18,7 +18,7 @@ from kedit.data.requests import EditRequest
 from kedit.errors import NonFiniteError
 from kedit.models.adapters import Adapter
 from kedit.models.hooks import eval_mode, frozen, trace
-from kedit.stages.forward import final_hidden_from, final_hidden_with_edit
+from kedit.stages.forward import SuffixRunner, final_hidden_from, final_hidden_with_edit
 from kedit.stages.keys import contextualise
 from kedit.stages.tokens import encode_with_subject, pad_right, target_ids
 
@@ -38,6 +38,7 @@ class ValueOptions:
     weight_decay: float
     early_stop_loss: float
     kl_prompt: str = "{} is a"
+    prefix_cache: bool = True  # reuse keys/values of positions before the edit token (exact; faster)
 
 
 @dataclasses.dataclass
@@ -139,6 +140,10 @@ def optimise_values(
     active = torch.ones(n, dtype=torch.bool)
     last_loss, last_nll, steps = [float("nan")] * n, [float("nan")] * n, [0] * n
     truncated = adapter.residual_inputs_embeds
+    suffix = None
+    if truncated and options.prefix_cache:
+        with torch.no_grad(), eval_mode(model):
+            suffix = SuffixRunner(model, adapter, layer, rows.ids, rows.mask, hidden, rows.position)
 
     with frozen(model), eval_mode(model):
         for it in range(options.steps):
@@ -149,7 +154,10 @@ def optimise_values(
             pos = rows.position[sel]
             own = rows.owner[sel]
             local = torch.arange(len(sel))
-            if truncated:
+            if suffix is not None:
+                final = suffix.final_hidden(sel, delta[own])
+                offset = rows.position  # suffix coordinates: the edit position is index 0
+            elif truncated:
                 h = hidden[sel].clone()
                 h[local, pos] = h[local, pos] + delta[own]
                 final = final_hidden_from(model, adapter, layer, h, rows.mask[sel])
@@ -160,10 +168,12 @@ def optimise_values(
                     return out
 
                 final = final_hidden_with_edit(model, adapter, site_name, rows.ids[sel], rows.mask[sel], add_delta)
+            if suffix is None:
+                offset = torch.zeros_like(rows.position)
             # NLL over target tokens of active rewrite rows
             keep = active[rows.owner[rows.tgt_row]]
             tr, tp, tt = rows.tgt_row[keep], rows.tgt_pos[keep], rows.tgt_tok[keep]
-            logp = F.log_softmax(lm_head(final[remap[tr], tp]).float(), -1)
+            logp = F.log_softmax(lm_head(final[remap[tr], tp - offset[tr]]).float(), -1)
             tok_lp = logp.gather(1, tt[:, None]).squeeze(1)  # (m,)
             row_sum = torch.zeros(len(rows.position)).index_add(0, tr, tok_lp)
             row_cnt = torch.zeros(len(rows.position)).index_add(0, tr, torch.ones_like(tok_lp))
@@ -175,7 +185,7 @@ def optimise_values(
             kl_sel = [row for row in sel.tolist() if row in init_logp]
             if kl_sel:
                 kl_idx = torch.tensor(kl_sel)
-                cur = F.log_softmax(lm_head(final[remap[kl_idx], rows.position[kl_idx]]).float(), -1)
+                cur = F.log_softmax(lm_head(final[remap[kl_idx], rows.position[kl_idx] - offset[kl_idx]]).float(), -1)
                 init = torch.stack([init_logp[row] for row in kl_sel])
                 per = (cur.exp() * (cur - init)).sum(-1)  # KL(p_cur ‖ p_init)
                 kl = kl.index_add(0, rows.owner[kl_idx], per)
