@@ -37,9 +37,13 @@ RECORDS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread(one_thread):
+    """Tiny models: one thread (restored after the module)."""
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cli")
     model, tok = tiny_model("llama")
     model.save_pretrained(root / "model")

@@ -6,6 +6,8 @@ target is optimised once for the whole module (that is the toolkit's own reuse p
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -16,6 +18,15 @@ from kedit.methods.base import ValueCache
 from kedit.models.fingerprint import weights_fingerprint
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def all_cores():
+    """The embedded model uses every core (unit-test modules drop to one thread for tiny models)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
