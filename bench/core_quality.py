@@ -5,12 +5,13 @@ shared by every method and mode that needs them (MEMIT, AlphaEdit, LyapLock and 
 of each sequential run), exactly as a user sharing an Editor cache would.  Writes one run
 directory per (method, mode) under --out and a combined JSON table.
 
-    python bench/core_quality.py --n 50 --seq-batch 10 --out bench/results/core
+    python bench/core_quality.py --n 100 --seq-batch 20 --out bench/results/core
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -21,14 +22,14 @@ from kedit.paths import data_dir
 from kedit.runs.runner import run_bench
 
 RUNS = (("memit", "independent"), ("alphaedit", "independent"), ("rome", "independent"), ("ft", "independent"),
-        ("memit", "sequential"), ("alphaedit", "sequential"), ("lyaplock", "sequential"), ("ft", "sequential"),
+        ("memit", "sequential"), ("alphaedit", "sequential"), ("ft", "sequential"), ("lyaplock", "sequential"),
         ("rome", "sequential"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--seq-batch", type=int, default=10)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--seq-batch", type=int, default=20)
     ap.add_argument("--out", default="bench/results/core")
     ap.add_argument("--runs", nargs="*", default=[f"{m}:{mode}" for m, mode in RUNS])
     args = ap.parse_args()
@@ -48,7 +49,8 @@ def main() -> None:
                             save_edits=False, value_cache=cache)
         table[spec] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                        "timing": summary["timing"], "wall_seconds": time.perf_counter() - start,
-                       "value_cache": {"hits": cache.hits, "misses": cache.misses}}
+                       "value_cache": {"hits": cache.hits, "misses": cache.misses},
+                       "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         (out / "table.json").write_text(json.dumps({"n": args.n, "seq_batch": args.seq_batch, "runs": table}, indent=1))
         m = summary["metrics"]
         print(f"{spec:24s} eff {m['efficacy']:.3f} gen {m['generalization']:.3f} spe {m['specificity']:.3f} "
