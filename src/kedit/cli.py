@@ -223,6 +223,10 @@ def bench(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Sequential mode: checkpoint OUT/checkpoint every N batches (0 = never)."),
     resume: bool = typer.Option(False, "--resume", help="Sequential mode: continue a killed run from OUT/checkpoint."),
+    health: bool = typer.Option(False, "--health", help="Sequential mode: journal weight-norm growth and WikiText perplexity after every batch."),
+    probe_every: int = typer.Option(0, "--probe-every", min=0, help="Sequential mode: run the GLUE/MMLU probes before editing and every N edits (0 = never)."),
+    probe_n: int = typer.Option(100, "--probe-n", min=1, help="Items per probe task."),
+    auto_stop: Optional[float] = typer.Option(None, "--auto-stop", min=0.0, help="Stop once the mean probe F1 falls below F x its pre-edit value (needs --probe-every)."),
 ) -> None:
     """Run edits in batches, evaluate them and write a run directory."""
     from kedit.data.loaders import detect_dataset, load_requests
@@ -244,7 +248,8 @@ def bench(
     summary = run_bench(loaded, tokenizer, method=method, requests=requests, dataset=name, batch_size=batch_size,
                         mode=mode.value, out_dir=out, config=overrides, seed=seed, data_path=data, progress=progress,
                         cache_dir=cache_dir, save_edits=save_edits, run_args=run_args, console=_stderr(),
-                        checkpoint_every=checkpoint_every, resume=resume)
+                        checkpoint_every=checkpoint_every, resume=resume, health_every_batch=health,
+                        probe_every=probe_every, probe_n=probe_n, auto_stop=auto_stop)
     console = _stdout()
     print_summary_table(summary, console)
     console.print(f"Wrote {out}/summary.json")

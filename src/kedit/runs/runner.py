@@ -189,6 +189,10 @@ def run_bench(
     checkpoint_every: int = 0,
     resume: bool = False,
     value_cache=None,
+    health_every_batch: bool = False,
+    probe_every: int = 0,
+    probe_n: int = 100,
+    auto_stop: float | None = None,
 ) -> dict[str, Any]:
     """Edit ``requests`` in batches with ``method``, score them and write the run directory ``out_dir``.
 
@@ -211,6 +215,16 @@ def run_bench(
             repeated and the final weights equal an uninterrupted run's bit for bit.
         value_cache: a :class:`~kedit.methods.base.ValueCache` shared across runs on the same model
             (value targets already optimised on the same weights are reused).
+        health_every_batch: sequential mode: after every batch record ``health`` in the journal line
+            (weight-norm growth ‖W‖/‖W₀‖ of the edited weights, perplexity of a fixed WikiText probe;
+            :class:`~kedit.eval.health.HealthMonitor`).
+        probe_every: sequential mode: run the general-capability probes (spec/metrics.md §5) before
+            editing and whenever the edit count crosses a multiple of this (0 = never); the summary
+            gets ``probes: {pre, final}`` and the run directory ``probes.png``.
+        probe_n: items per probe task.
+        auto_stop: sequential mode, with probes: stop editing once the mean probe F1 falls below
+            this fraction of its pre-edit value; the final evaluation then covers the edits made so
+            far and the summary records ``auto_stopped_at_batch``.
 
     Returns:
         The summary written to ``summary.json``: ``{method, dataset, n, batch_size, mode, metrics,
@@ -251,6 +265,7 @@ def run_bench(
             pre_result = _evaluate(dataset, model, tokenizer, requests, None)
     log.info("pre-edit: %s", _fmt(headline_metrics(dataset, pre_result["metrics"])))
 
+    monitor = _health_monitor(editor, model, tokenizer, mode, health_every_batch, probe_every, probe_n, auto_stop)
     batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
     journal_path = out / "journal.jsonl"
     edit_seconds = 0.0
@@ -273,8 +288,14 @@ def run_bench(
             merged = EditSet(editor.ledger.current_delta(), editor.spec.name, editor.config.to_dict(),
                              tuple(requests[: first_batch * batch_size]), editor.ledger.base_fingerprint)
         log.info("resuming %s at batch %d/%d", out, first_batch + 1, len(batches))
+        if monitor is not None:
+            monitor.last_edits = min(first_batch * batch_size, len(requests))
     else:
         journal_path.write_text("", encoding="utf-8")
+    done_requests = requests  # the requests edited (fewer when auto-stopped)
+    stopped_at: int | None = None
+    last_health: dict[str, Any] | None = None
+    final_probes = None
     try:
         with _progress(console, progress) as bar:
             task = bar.add_task(f"{method} ({mode})", total=len(batches), completed=first_batch)
@@ -308,9 +329,23 @@ def run_bench(
                 else:
                     batch_metas.append({"batch": index, **edit_set.meta})
                     merged = edit_set if merged is None else merged.merge(edit_set)
+                    if monitor is not None:
+                        edits_so_far = min((index + 1) * batch_size, len(requests))
+                        last_health = monitor.check(index, edits_so_far)
+                        if monitor.per_batch or "probes" in last_health:
+                            record["health"] = _jsonable(last_health)
+                        if monitor.should_stop(last_health):
+                            log.warning("auto-stop after batch %d (%d edits): mean probe F1 %.3f < %.2f x "
+                                        "pre-edit %.3f",
+                                        index + 1, edits_so_far, last_health["probe_mean_f1"], monitor.stop_below,
+                                        monitor.pre_mean_f1())
+                            record["auto_stopped"] = True
+                            stopped_at, done_requests = index, requests[:edits_so_far]
                 with open(journal_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record, default=str) + "\n")
                 log.info("batch %d/%d: %d edit(s) in %.2f s", index + 1, len(batches), len(batch), seconds)
+                if stopped_at is not None:
+                    break
                 if mode == "sequential" and checkpoint_every and (index + 1) % checkpoint_every == 0:
                     from kedit.runs.checkpoint import save_checkpoint
 
@@ -327,9 +362,15 @@ def run_bench(
                 batch_metas.append({"finalize": True})
             t1 = time.perf_counter()
             with torch.no_grad():
-                result = _evaluate(dataset, model, tokenizer, requests, pre)
+                result = _evaluate(dataset, model, tokenizer, done_requests, pre)
             post_cases = result["cases"]
-            log.info("evaluated %d request(s) on the final model in %.1f s", len(requests), time.perf_counter() - t1)
+            log.info("evaluated %d request(s) on the final model in %.1f s", len(done_requests),
+                     time.perf_counter() - t1)
+            if monitor is not None and monitor.probe_data is not None:
+                if final is None and last_health is not None and "probes" in last_health:
+                    final_probes = monitor.last_probes  # the last batch was a probe point on these weights
+                else:
+                    final_probes = monitor.run_probes()
             if save_edits and merged is not None:
                 from kedit.ledger import EditSet
 
@@ -354,7 +395,7 @@ def run_bench(
         "metrics": headline_metrics(dataset, post_metrics),
         "pre_metrics": headline_metrics(dataset, pre_result["metrics"]),
         "timing": {
-            "seconds_per_edit": edit_seconds / len(requests),
+            "seconds_per_edit": edit_seconds / len(done_requests),
             "edit_seconds_total": edit_seconds,
             "stats_seconds": stats_seconds,
         },
@@ -370,9 +411,54 @@ def run_bench(
     if budget is not None:
         summary["lyaplock"] = budget
         plot_budget(journal_path, out / "preservation_loss.png")
+    if monitor is not None:
+        _health_summary(summary, monitor, final_probes, journal_path, out, stopped_at, done_requests, dataset,
+                        pre_result)
     _write_json(out / "summary.json", summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
     return summary
+
+
+def _health_monitor(editor, model, tokenizer, mode: str, health_every_batch: bool, probe_every: int, probe_n: int,
+                    auto_stop: float | None):
+    """The run's :class:`~kedit.eval.health.HealthMonitor` (None when health monitoring is off)."""
+    if not isinstance(probe_every, int) or isinstance(probe_every, bool) or probe_every < 0:
+        raise ConfigError(param_message("probe_every", "run_bench", "an int >= 0", probe_every))
+    if not isinstance(probe_n, int) or isinstance(probe_n, bool) or probe_n < 1:
+        raise ConfigError(param_message("probe_n", "run_bench", "a positive int", probe_n))
+    if auto_stop is not None and probe_every == 0:
+        raise ConfigError(f"run_bench: auto_stop={auto_stop!r} compares the probes with their pre-edit scores; "
+                          "set probe_every > 0 as well.")
+    if not (health_every_batch or probe_every or auto_stop is not None):
+        return None
+    if mode != "sequential":
+        raise ConfigError("run_bench: health monitoring (health_every_batch, probe_every, auto_stop) applies to "
+                          f"sequential runs only. Got mode={mode!r}.")
+    from kedit.eval.health import HealthMonitor
+
+    cfg = editor.config
+    layers = list(cfg.layers) if hasattr(cfg, "layers") else [cfg.layer] if hasattr(cfg, "layer") else []
+    names = [editor.adapter.weight_name(layer) for layer in layers]
+    return HealthMonitor(model, tokenizer, layers_weight_names=names, probe_every=probe_every, probe_n=probe_n,
+                         stop_below=auto_stop, per_batch=health_every_batch)
+
+
+def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Path, stopped_at, done_requests,
+                    dataset: str, pre_result) -> None:
+    """Add the health monitor's results to ``summary`` (and ``probes.png`` to the run directory)."""
+    from kedit.eval.probes import compact
+    from kedit.runs.plots import plot_probes
+
+    summary["health"] = _jsonable(monitor.summary())
+    if monitor.pre_probes is not None:
+        summary["probes"] = _jsonable({"pre": monitor.pre_probes, "final": final_probes})
+        plot_probes(journal_path, out / "probes.png", pre=compact(monitor.pre_probes))
+    if stopped_at is not None:
+        summary["auto_stopped_at_batch"] = stopped_at
+        summary["n_edited"] = len(done_requests)
+        # pre-edit metrics over the same requests as the post-edit ones
+        pre_cases = pre_result["cases"][: len(done_requests)]
+        summary["pre_metrics"] = headline_metrics(dataset, _aggregate(dataset, pre_cases))
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
