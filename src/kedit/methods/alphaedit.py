@@ -5,9 +5,8 @@ import dataclasses
 
 import torch
 
-from kedit.config import Config, field
-from kedit.methods.base import EditContext, StatsConfig, ValueTargetConfig
-from kedit.methods.defaults import default_memit_layers
+from kedit.config import field
+from kedit.methods.base import EditContext, MultiLayerConfig
 from kedit.methods.memit import Memit
 from kedit.methods.registry import register_method
 from kedit.stages.keys import compute_keys
@@ -18,7 +17,7 @@ __all__ = ["AlphaEditConfig", "AlphaEdit"]
 
 
 @dataclasses.dataclass(frozen=True)
-class AlphaEditConfig(Config):
+class AlphaEditConfig(MultiLayerConfig):
     """AlphaEdit (Fang et al., 2025).
 
     Args:
@@ -29,23 +28,14 @@ class AlphaEditConfig(Config):
         target / stats / seed: as MEMIT.
     """
 
-    layers: list[int] = field([1, 2], "Edited layers; the value target sits after the last one.")
     nullspace_threshold: float = field(2e-2, "Eigenvalues of E[kkᵀ] below this span the null space (absolute).")
     relative_threshold: bool = field(False, "Interpret nullspace_threshold relative to the largest eigenvalue.")
     l2: float = field(10.0, "α: ridge term of the projected system (L2 in the AlphaEdit code).")
-    target: ValueTargetConfig = field(ValueTargetConfig(), "Value optimisation options.")
-    stats: StatsConfig = field(StatsConfig(), "Key statistics options.")
-    seed: int = field(0, "Seed of the sampled context templates.")
 
     def __post_init__(self) -> None:
-        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers)
-                    and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices >= 0")
+        super().__post_init__()
         self._check("nullspace_threshold", self.nullspace_threshold > 0, "a float > 0")
         self._check("l2", self.l2 > 0, "a float > 0")
-
-    @classmethod
-    def for_model(cls, model_type: str | None, n_layers: int | None) -> "AlphaEditConfig":
-        return cls(layers=default_memit_layers(n_layers))
 
 
 class AlphaEdit(Memit):

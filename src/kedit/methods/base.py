@@ -14,7 +14,7 @@ from kedit.stages.contexts import generate_context_templates
 from kedit.stages.values import ValueResult, optimise_values
 from kedit.stats.cache import StatsCache
 
-__all__ = ["EditContext", "EditMethod", "StatsConfig", "ValueTargetConfig", "ValueCache"]
+__all__ = ["EditContext", "EditMethod", "MultiLayerConfig", "StatsConfig", "ValueTargetConfig", "ValueCache"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,33 @@ class ValueTargetConfig(Config):
 
         return ValueOptions(self.steps, self.lr, self.clamp_norm_factor, self.kl_factor, self.weight_decay,
                             self.early_stop_loss, self.kl_prompt, self.prefix_cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiLayerConfig(Config):
+    """Fields shared by the presets that spread a value target over several MLP layers.
+
+    Args:
+        layers: edited layers (MLP output projections); the value target sits after the last.
+        target: value optimisation options.
+        stats: key statistics options.
+        seed: seed of the context templates.
+    """
+
+    layers: list[int] = field([1, 2], "Edited layers; the value target sits after the last one.")
+    target: ValueTargetConfig = field(ValueTargetConfig(), "Value optimisation options.")
+    stats: StatsConfig = field(StatsConfig(), "Key statistics options.")
+    seed: int = field(0, "Seed of the sampled context templates.")
+
+    def __post_init__(self) -> None:
+        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers)
+                    and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices >= 0")
+
+    @classmethod
+    def for_model(cls, model_type: str | None, n_layers: int | None):
+        from kedit.methods.defaults import default_memit_layers
+
+        return cls(layers=default_memit_layers(n_layers))
 
 
 class ValueCache:

@@ -10,9 +10,8 @@ import dataclasses
 
 import torch
 
-from kedit.config import Config, field
-from kedit.methods.base import StatsConfig, ValueTargetConfig
-from kedit.methods.defaults import default_memit_layers
+from kedit.config import field
+from kedit.methods.base import MultiLayerConfig
 from kedit.methods.memit import Memit
 from kedit.methods.registry import register_method
 from kedit.stages.lyaplock import lyaplock_delta, preservation_loss, queue_constants, queue_update
@@ -23,7 +22,7 @@ __all__ = ["LyapLockConfig", "LyapLock"]
 
 
 @dataclasses.dataclass(frozen=True)
-class LyapLockConfig(Config):
+class LyapLockConfig(MultiLayerConfig):
     """LyapLock (2025).
 
     Args:
@@ -35,25 +34,16 @@ class LyapLockConfig(Config):
         target / stats / seed: as MEMIT.
     """
 
-    layers: list[int] = field([1, 2], "Edited layers; the value target sits after the last one.")
     mom2_update_weight: float = field(1000.0, "λ: base weight of the preservation term.")
     alpha: float = field(60.0, "Budget multiplier: D̄ = α·D₀ (D₀ measured after the first batch).")
     V: float = field(1.0, "Drift-plus-penalty weight of the editing terms.")
     b: float = field(0.0, "Constant increment of the virtual queue.")
-    target: ValueTargetConfig = field(ValueTargetConfig(), "Value optimisation options.")
-    stats: StatsConfig = field(StatsConfig(), "Key statistics options.")
-    seed: int = field(0, "Seed of the sampled context templates.")
 
     def __post_init__(self) -> None:
-        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers)
-                    and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices >= 0")
+        super().__post_init__()
         self._check("mom2_update_weight", self.mom2_update_weight > 0, "a float > 0")
         self._check("alpha", self.alpha > 0, "a float > 0")
         self._check("V", self.V > 0, "a float > 0")
-
-    @classmethod
-    def for_model(cls, model_type: str | None, n_layers: int | None) -> "LyapLockConfig":
-        return cls(layers=default_memit_layers(n_layers))
 
 
 class LyapLock(Memit):

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from kedit.config import Config, field
-from kedit.methods.base import EditContext, EditMethod, StatsConfig, ValueTargetConfig
-from kedit.methods.defaults import default_memit_layers
+from kedit.config import field
+from kedit.methods.base import EditContext, EditMethod, MultiLayerConfig
 from kedit.methods.registry import register_method
 from kedit.stages.spread import spread_over_layers
 from kedit.stages.writers import memit_delta
@@ -14,7 +13,7 @@ __all__ = ["MemitConfig", "Memit"]
 
 
 @dataclasses.dataclass(frozen=True)
-class MemitConfig(Config):
+class MemitConfig(MultiLayerConfig):
     """MEMIT (Meng et al., 2023).
 
     Args:
@@ -25,20 +24,11 @@ class MemitConfig(Config):
         seed: seed of the context templates.
     """
 
-    layers: list[int] = field([1, 2], "Edited layers; the value target sits after the last one.")
     mom2_update_weight: float = field(15000.0, "λ: weight of the preservation term λ‖ΔK0‖².")
-    target: ValueTargetConfig = field(ValueTargetConfig(), "Value optimisation options.")
-    stats: StatsConfig = field(StatsConfig(), "Key statistics options.")
-    seed: int = field(0, "Seed of the sampled context templates.")
 
     def __post_init__(self) -> None:
-        self._check("layers", bool(self.layers) and all(isinstance(x, int) and x >= 0 for x in self.layers)
-                    and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices >= 0")
+        super().__post_init__()
         self._check("mom2_update_weight", self.mom2_update_weight > 0, "a float > 0")
-
-    @classmethod
-    def for_model(cls, model_type: str | None, n_layers: int | None) -> "MemitConfig":
-        return cls(layers=default_memit_layers(n_layers))
 
 
 class Memit(EditMethod):

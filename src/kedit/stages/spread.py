@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from kedit.data.requests import EditRequest
-from kedit.models.adapters import Adapter, resolve_module
+from kedit.models.adapters import Adapter
 from kedit.models.hooks import eval_mode, trace
 from kedit.stages.keys import compute_keys, contextualise
 from kedit.stages.tokens import encode_with_subject, pad_right
