@@ -17,7 +17,7 @@ from kedit.methods.registry import build_config
 from kedit.models.fingerprint import weights_fingerprint
 from kedit.testing.tiny import tiny_model
 
-SUMMARY_KEYS = {"method", "dataset", "n", "batch_size", "mode", "metrics", "pre_metrics", "timing", "stats"}
+SUMMARY_KEYS = {"method", "dataset", "n", "batch_size", "mode", "metrics", "pre_metrics", "timing", "stats", "fluency"}
 TIMING_KEYS = {"seconds_per_edit", "edit_seconds_total", "stats_seconds"}
 
 # Invented counterfacts in the EasyEdit CounterFact layout (not taken from any dataset).
@@ -105,6 +105,7 @@ def test_bench_writes_summary(runs, mode):
             assert 0.0 <= summary[block][key] <= 1.0, (block, key)
         assert all(v is None or 0.0 <= v <= 1.0 for v in summary[block].values())
     assert set(summary["timing"]) == TIMING_KEYS
+    assert summary["fluency"]["pre"] >= 0 and summary["fluency"]["post"] >= 0
     timing = summary["timing"]
     assert timing["edit_seconds_total"] > 0 and timing["stats_seconds"] >= 0
     assert timing["seconds_per_edit"] == pytest.approx(timing["edit_seconds_total"] / 4)

@@ -83,12 +83,26 @@ def headline_metrics(dataset: str, metrics: dict[str, Any]) -> dict[str, float |
     return out
 
 
+#: New tokens of the greedy generation scored for fluency (n-gram entropy).
+FLUENCY_TOKENS = 40
+
+
 def _evaluate(dataset: str, model, tokenizer, requests: Sequence[EditRequest], pre) -> dict[str, Any]:
-    from kedit.eval import evaluate_counterfact, evaluate_zsre
+    """Benchmark metrics plus fluency: the n-gram entropy of a greedy continuation of each edit prompt."""
+    from kedit.eval import evaluate_counterfact, evaluate_zsre, greedy_generate, ngram_entropy
 
     if dataset == "counterfact":
-        return evaluate_counterfact(model, tokenizer, requests)
-    return evaluate_zsre(model, tokenizer, requests, pre=pre)
+        result = evaluate_counterfact(model, tokenizer, requests)
+    else:
+        result = evaluate_zsre(model, tokenizer, requests, pre=pre)
+    texts = greedy_generate(model, tokenizer, [r.text for r in requests], max_new_tokens=FLUENCY_TOKENS)
+    for case, text in zip(result["cases"], texts):
+        case["fluency"] = ngram_entropy(text)
+    return result
+
+
+def _mean_fluency(cases: list[dict[str, Any]]) -> float | None:
+    return _mean(c.get("fluency") for c in cases)
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -400,6 +414,9 @@ def run_bench(
             "stats_seconds": stats_seconds,
         },
         "stats": _jsonable(stats_report),
+        "fluency": {"pre": _mean_fluency(pre_result["cases"]), "post": _mean_fluency(post_cases),
+                    "protocol": f"n-gram entropy (2/3·H2 + 4/3·H3)/2 in bits of {FLUENCY_TOKENS} greedy tokens "
+                                "after each edit prompt (the papers report ×100)"},
     }
     _write_json(out / "metrics.json", {
         "pre": pre_result["metrics"], "post": post_metrics,
