@@ -86,10 +86,10 @@ def test_low_alpha_raises_weight_and_pulls_loss_back(tmp_path):
     layer = editor.config.layers[-1]
     grown = [w[layer] / editor.config.mom2_update_weight for w in weights[1:]]
     assert max(grown) > 1.0, grown  # a·Z rose above its floor of 1
-    assert float(editor.state[f"Z.{layer}"]) >= float(editor.state[f"Z_min.{layer}"])
+    assert float(editor.state[f"{layer}.Z"]) >= float(editor.state[f"{layer}.Z_min"])
     relaxed, relaxed_weights = run(alpha=1e6)
     assert all(abs(w[layer] / relaxed.config.mom2_update_weight - 1.0) < 1e-9 for w in relaxed_weights[1:])
-    assert float(editor.state[f"D.{layer}"]) < float(relaxed.state[f"D.{layer}"])
+    assert float(editor.state[f"{layer}.D"]) < float(relaxed.state[f"{layer}.D"])
 
 
 @pytest.mark.parametrize("method", ["lyaplock+memit", "lyaplock+rect"])

@@ -14,7 +14,7 @@ from kedit.config import field
 from kedit.methods.base import MultiLayerConfig
 from kedit.methods.memit import Memit
 from kedit.methods.registry import register_method
-from kedit.stages.lyaplock import lyaplock_delta, preservation_loss, queue_constants, queue_update
+from kedit.stages.lyaplock import advance_queue, lyaplock_delta, preservation_loss
 from kedit.stages.spread import spread_over_layers
 from kedit.stats.second_moment import value_moments
 
@@ -76,27 +76,17 @@ class LyapLock(Memit):
                 weight = cfg.mom2_update_weight
                 delta = lyaplock_delta(K, R, W, C0, VK, None, None, weight, cfg.V, what=f"LyapLock layer {layer}")
             else:
-                weight = float(state[f"a.{layer}"] * state[f"Z.{layer}"]) * cfg.mom2_update_weight
-                delta = lyaplock_delta(K, R, W, C0, VK, state[f"S_KK.{layer}"], state[f"S_VK.{layer}"], weight,
+                weight = float(state[f"{layer}.a"] * state[f"{layer}.Z"]) * cfg.mom2_update_weight
+                delta = lyaplock_delta(K, R, W, C0, VK, state[f"{layer}.S_KK"], state[f"{layer}.S_VK"], weight,
                                        cfg.V, what=f"LyapLock layer {layer}")
             W_after = W + delta
             D = preservation_loss(W_after, C0, VK, VV)
-            if first:
-                a, Z_min = queue_constants(D, cfg.alpha)
-                new[f"D0.{layer}"] = torch.tensor(D, dtype=torch.float64)
-                new[f"a.{layer}"] = torch.tensor(a, dtype=torch.float64)
-                new[f"Z_min.{layer}"] = torch.tensor(Z_min, dtype=torch.float64)
-                Z = Z_min
-            else:
-                a, Z_min, Z = (float(state[f"{k}.{layer}"]) for k in ("a", "Z_min", "Z"))
-            budget = cfg.alpha * float(new[f"D0.{layer}"])
-            new[f"Z.{layer}"] = torch.tensor(queue_update(Z, D, budget, a, cfg.b, Z_min), dtype=torch.float64)
-            new[f"D.{layer}"] = torch.tensor(D, dtype=torch.float64)
+            budget = advance_queue(state, new, f"{layer}.", D, alpha=cfg.alpha, b=cfg.b, first=first)
             KK = K.double() @ K.double().T
-            new[f"S_KK.{layer}"] = KK if first else state[f"S_KK.{layer}"] + KK
-            new[f"S_VK.{layer}"] = W_after @ KK if first else state[f"S_VK.{layer}"] + W_after @ KK
+            new[f"{layer}.S_KK"] = KK if first else state[f"{layer}.S_KK"] + KK
+            new[f"{layer}.S_VK"] = W_after @ KK if first else state[f"{layer}.S_VK"] + W_after @ KK
             info["D"][layer], info["budget"][layer] = D, budget
-            info["Z"][layer], info["weight"][layer] = float(new[f"Z.{layer}"]), weight
+            info["Z"][layer], info["weight"][layer] = float(new[f"{layer}.Z"]), weight
             return delta
 
         deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,

@@ -14,7 +14,7 @@ from kedit.config import field
 from kedit.methods.memit import Memit, MemitConfig
 from kedit.methods.rect import Rect, RectConfig
 from kedit.methods.registry import register_method
-from kedit.stages.lyaplock import preservation_loss, queue_constants, queue_update
+from kedit.stages.lyaplock import advance_queue, preservation_loss
 from kedit.stats.second_moment import value_moments
 
 __all__ = ["QueueScheduled", "LyapLockMemitConfig", "LyapLockRectConfig"]
@@ -35,7 +35,7 @@ class QueueScheduled:
         base = super().preservation_weight(layer, state)
         if float(state["queue.t"]) == 0:
             return base
-        return float(state[f"queue.a.{layer}"] * state[f"queue.Z.{layer}"]) * base
+        return float(state[f"queue.{layer}.a"] * state[f"queue.{layer}.Z"]) * base
 
     def compute(self, ctx, requests, state):
         deltas, new, info = super().compute(ctx, requests, state)
@@ -51,20 +51,10 @@ class QueueScheduled:
             VK, VV = value_moments(C0, W0)
             W_after = ctx.adapter.to_out_in(params[name].detach() + deltas[name]).double()
             D = preservation_loss(W_after, C0, VK, VV)
-            if first:
-                a, Z_min = queue_constants(D, self.config.alpha)
-                new[f"queue.D0.{layer}"] = torch.tensor(D, dtype=torch.float64)
-                new[f"queue.a.{layer}"] = torch.tensor(a, dtype=torch.float64)
-                new[f"queue.Z_min.{layer}"] = torch.tensor(Z_min, dtype=torch.float64)
-                Z = Z_min
-            else:
-                a, Z_min, Z = (float(state[f"queue.{k}.{layer}"]) for k in ("a", "Z_min", "Z"))
-            budget = self.config.alpha * float(new[f"queue.D0.{layer}"])
-            new[f"queue.Z.{layer}"] = torch.tensor(queue_update(Z, D, budget, a, self.config.b, Z_min),
-                                                   dtype=torch.float64)
-            new[f"queue.D.{layer}"] = torch.tensor(D, dtype=torch.float64)
+            budget = advance_queue(state, new, f"queue.{layer}.", D, alpha=self.config.alpha, b=self.config.b,
+                                   first=first)
             queue_info["D"][layer], queue_info["budget"][layer] = D, budget
-            queue_info["Z"][layer] = float(new[f"queue.Z.{layer}"])
+            queue_info["Z"][layer] = float(new[f"queue.{layer}.Z"])
             queue_info["weight"][layer] = self.preservation_weight(layer, state)
         new["queue.t"] = state["queue.t"] + 1
         return deltas, new, {**info, "lyaplock": queue_info}

@@ -12,7 +12,7 @@ import torch
 
 from kedit.stages.writers import safe_solve
 
-__all__ = ["preservation_loss", "queue_update", "lyaplock_delta", "queue_constants"]
+__all__ = ["preservation_loss", "queue_update", "lyaplock_delta", "queue_constants", "advance_queue"]
 
 
 def preservation_loss(W: torch.Tensor, C0: torch.Tensor, VK: torch.Tensor, VV: torch.Tensor) -> float:
@@ -54,3 +54,22 @@ def lyaplock_delta(K: torch.Tensor, R: torch.Tensor, W: torch.Tensor, C0: torch.
         A = A + V * S_KK.double()
     # Δ A = rhs  ⇒  Aᵀ Δᵀ = rhsᵀ (A symmetric)
     return safe_solve(A, rhs.T, what).T
+
+
+def advance_queue(state: dict, new: dict, prefix: str, D: float, *, alpha: float, b: float, first: bool) -> float:
+    """Record D(t) and step the queue of one layer; returns the budget αD₀.
+
+    State keys (``prefix`` + name): ``D0``, ``a``, ``Z_min`` (set from the first batch's D, spec
+    §6.3), ``Z`` and ``D``; ``state`` is the previous state, ``new`` receives the updates.
+    """
+    f64 = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    if first:
+        a, Z_min = queue_constants(D, alpha)
+        new[prefix + "D0"], new[prefix + "a"], new[prefix + "Z_min"] = f64(D), f64(a), f64(Z_min)
+        Z = Z_min
+    else:
+        a, Z_min, Z = (float(state[prefix + k]) for k in ("a", "Z_min", "Z"))
+    budget = alpha * float(new[prefix + "D0"])
+    new[prefix + "Z"] = f64(queue_update(Z, D, budget, a, b, Z_min))
+    new[prefix + "D"] = f64(D)
+    return budget
