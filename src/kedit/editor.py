@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
-from kedit.data.requests import EditRequest
-from kedit.errors import DataError, NonFiniteError
+from kedit.data.requests import EditRequest, check_requests
+from kedit.errors import NonFiniteError
 from kedit.ledger import EditSet, Ledger
 from kedit.methods.base import EditContext, ValueCache
 from kedit.methods.registry import build_config, get_method
@@ -26,19 +26,6 @@ from kedit.models.adapters import get_adapter, num_layers
 __all__ = ["Editor"]
 
 log = logging.getLogger(__name__)
-
-
-def _check_requests(requests: Sequence[EditRequest]) -> list[EditRequest]:
-    if isinstance(requests, EditRequest):
-        requests = [requests]
-    requests = list(requests)
-    if not requests:
-        raise DataError("Editor.edit: 'requests' must be a non-empty list of EditRequest. Got [] instead.")
-    for i, r in enumerate(requests):
-        if not isinstance(r, EditRequest):
-            raise DataError(f"Editor.edit: requests[{i}] must be an EditRequest. Got {type(r).__name__} instead.")
-        r.validate("Editor.edit", i)
-    return requests
 
 
 class Editor:
@@ -84,7 +71,7 @@ class Editor:
 
     def compute(self, requests: Sequence[EditRequest]) -> tuple[EditSet, dict[str, torch.Tensor]]:
         """Deltas for ``requests`` against the current weights; the model is left unchanged."""
-        requests = _check_requests(requests)
+        requests = check_requests(requests, "Editor.edit")
         self.prepare()
         start = time.perf_counter()
         deltas, state, info = self.method.compute(self.ctx, requests, self.state)

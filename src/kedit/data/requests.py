@@ -6,7 +6,7 @@ from typing import Any
 
 from kedit.errors import DataError, record_message
 
-__all__ = ["EditRequest"]
+__all__ = ["EditRequest", "check_requests"]
 
 Pair = tuple[str, str]
 
@@ -132,3 +132,18 @@ class EditRequest:
         if unknown:
             raise DataError(f"EditRequest: unknown field(s) {unknown}; valid: {sorted(known)}")
         return cls(**d)
+
+
+def check_requests(requests, caller: str, *, hint: str = "") -> list[EditRequest]:
+    """The one door check of public calls: a non-empty sequence of valid EditRequests (a single
+    request is accepted as a list of one).  Raises DataError naming ``caller`` and the index."""
+    if isinstance(requests, EditRequest):
+        requests = [requests]
+    requests = list(requests)
+    if not requests:
+        raise DataError(f"{caller}: 'requests' is empty; pass a non-empty list of EditRequest{hint}.")
+    for i, r in enumerate(requests):
+        if not isinstance(r, EditRequest):
+            raise DataError(f"{caller}: requests[{i}] must be an EditRequest. Got {type(r).__name__} instead.")
+        r.validate(caller, i)
+    return requests

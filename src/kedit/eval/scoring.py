@@ -305,16 +305,10 @@ def greedy_generate(
 
 # -- shared by the benchmark suites ----------------------------------------------------------
 def _check_requests(requests, caller: str) -> list:
-    """The requests as a list; raise when empty or not EditRequest objects."""
-    from kedit.data.requests import EditRequest
+    """The requests as a list; DataError (a ValueError) when empty or not EditRequest objects."""
+    from kedit.data.requests import check_requests
 
-    requests = list(requests)
-    if not requests:
-        raise ValueError(f"{caller}: 'requests' is empty; pass at least one EditRequest.")
-    for i, r in enumerate(requests):
-        if not isinstance(r, EditRequest):
-            raise ValueError(f"{caller}: requests[{i}] must be an EditRequest. Got {type(r).__name__} instead.")
-    return requests
+    return check_requests(requests, caller)
 
 
 def _mean(values) -> float | None:

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import torch
 
-from kedit.data.requests import EditRequest
-from kedit.errors import ConfigError, DataError, param_message
+from kedit.data.requests import EditRequest, check_requests
+from kedit.errors import ConfigError, param_message
 from kedit.eval.counterfact import _harmonic_mean
 
 __all__ = ["run_bench", "MODES", "DATASETS", "headline_metrics"]
@@ -164,13 +164,7 @@ def _check_args(requests, dataset: str, batch_size: int, mode: str) -> list[Edit
         raise ConfigError(param_message("dataset", "run_bench", f"one of {list(DATASETS)}", dataset))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(param_message("batch_size", "run_bench", "a positive int", batch_size))
-    requests = list(requests)
-    if not requests:
-        raise DataError("run_bench: 'requests' is empty; nothing to edit (check --n/--start and the data file).")
-    for i, r in enumerate(requests):
-        if not isinstance(r, EditRequest):
-            raise DataError(f"run_bench: requests[{i}] must be an EditRequest. Got {type(r).__name__} instead.")
-    return requests
+    return check_requests(requests, "run_bench", hint=" (check --n/--start and the data file)")
 
 
 def _progress(console, enabled: bool):
