@@ -29,6 +29,7 @@ class EditRequest:
         portability: named groups of (prompt, answer) pairs that should follow from the edit.
         generation_prompts: prompts for free generation (fluency).
         id: a stable identifier (dataset case id) used in journals and manifests.
+        domain: the benchmark's category of the record (EditEverything: math, poetry, code …).
 
     Example:
         >>> r = EditRequest(prompt="{} was born in", subject="Ada", target_new="Paris")
@@ -45,6 +46,7 @@ class EditRequest:
     portability: dict[str, tuple[Pair, ...]] = dataclasses.field(default_factory=dict)
     generation_prompts: tuple[str, ...] = ()
     id: str | int | None = None
+    domain: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rephrases", tuple(self.rephrases))
