@@ -11,7 +11,7 @@ import dataclasses
 
 from kedit.errors import DataError
 
-__all__ = ["QAEncoding", "format_question", "encode_question", "encode_qa"]
+__all__ = ["QAEncoding", "format_question", "encode_question", "encode_qa", "encode_request", "uses_chat"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,3 +61,28 @@ def encode_qa(tokenizer, question: str, answer: str, *, chat: bool = True, eos: 
     if eos and tokenizer.eos_token_id is not None and (not answer_ids or answer_ids[-1] != tokenizer.eos_token_id):
         answer_ids = answer_ids + [tokenizer.eos_token_id]
     return QAEncoding(prompt + answer_ids, len(prompt))
+
+
+def uses_chat(tokenizer, request, chat: str | bool = "auto") -> bool:
+    """``"auto"``: the chat template for unstructured requests (a question, ``subject=None``) when the
+    tokenizer has one; structured facts keep their plain cloze prompt, as their metrics score it."""
+    if chat == "auto":
+        return request.subject is None and bool(getattr(tokenizer, "chat_template", None))
+    return bool(chat)
+
+
+def encode_request(tokenizer, request, *, chat: str | bool = "auto", max_answer_tokens: int | None = None
+                   ) -> QAEncoding:
+    """The edit sequence of a request: formatted prompt + target tokens.
+
+    Unstructured requests get EOS after the answer (UnKE/AnyEdit/μKE); structured facts get the
+    target with a leading space and no EOS, like every other preset (§1.3).
+    """
+    if request.subject is None:
+        return encode_qa(tokenizer, request.text, request.target_new, chat=uses_chat(tokenizer, request, chat),
+                         max_answer_tokens=max_answer_tokens)
+    from kedit.stages.tokens import target_ids
+
+    prompt = encode_question(tokenizer, request.text, chat=uses_chat(tokenizer, request, chat))
+    answer = target_ids(tokenizer, request.target_new)[:max_answer_tokens]
+    return QAEncoding(prompt + answer, len(prompt))
