@@ -8,7 +8,9 @@ from typing import Callable
 
 from kedit.data._records import read_json_list
 from kedit.data.counterfact import load_counterfact
+from kedit.data.knowedit import load_knowedit
 from kedit.data.requests import EditRequest
+from kedit.data.unstructured import load_akew_mquake, load_editeverything, load_unkebench
 from kedit.data.zsre import load_zsre
 from kedit.errors import DataError, closest
 
@@ -18,7 +20,14 @@ logger = logging.getLogger(__name__)
 
 Loader = Callable[..., list[EditRequest]]
 
-DATASET_LOADERS: dict[str, Loader] = {"counterfact": load_counterfact, "zsre": load_zsre}
+DATASET_LOADERS: dict[str, Loader] = {
+    "counterfact": load_counterfact,
+    "zsre": load_zsre,
+    "knowedit": load_knowedit,
+    "unkebench": load_unkebench,
+    "akew-mquake": load_akew_mquake,
+    "editeverything": load_editeverything,
+}
 
 
 def load_requests(
@@ -46,17 +55,37 @@ def load_requests(
 
 
 def detect_dataset(path: str | os.PathLike) -> str:
-    """Guess ``"counterfact"`` or ``"zsre"`` from the keys of the file's first record."""
+    """Guess the dataset name from the keys of the file's first record.
+
+    ``requested_rewrite`` whose (first) rewrite has ``fact_new_uns`` → ``"akew-mquake"`` (checked before
+    CounterFact, which shares ``requested_rewrite``); question/para_question/answer/sub_question →
+    ``"unkebench"``; question/answer/category → ``"editeverything"``.
+    """
     records, source = read_json_list(path, "dataset")
     if not records:
         raise DataError(f"{source}: contains no records, so its dataset cannot be guessed; name it explicitly")
     first = records[0]
     keys = set(first) if isinstance(first, dict) else set()
+    if "requested_rewrite" in keys and _has_unstructured_fact(first["requested_rewrite"]):
+        return "akew-mquake"
     if "requested_rewrite" in keys or {"prompt", "subject", "target_new"} <= keys:
         return "counterfact"
     if {"src", "subject", "answers"} <= keys:
         return "zsre"
+    if {"question", "para_question", "answer", "sub_question"} <= keys:
+        return "unkebench"
+    if {"question", "answer", "category"} <= keys:
+        return "editeverything"
     raise DataError(
         f"{source}: record 0: cannot tell the dataset from its keys {sorted(keys)}; expected 'requested_rewrite' "
-        "or prompt/subject/target_new (counterfact), or src/subject/answers (zsre)"
+        "or prompt/subject/target_new (counterfact), src/subject/answers (zsre), requested_rewrite with "
+        "fact_new_uns (akew-mquake), question/para_question/answer/sub_question (unkebench), or "
+        "question/answer/category (editeverything)"
     )
+
+
+def _has_unstructured_fact(rewrite) -> bool:
+    """True when the (first) requested rewrite carries AKEW's ``fact_new_uns``."""
+    if isinstance(rewrite, list):
+        rewrite = rewrite[0] if rewrite else None
+    return isinstance(rewrite, dict) and "fact_new_uns" in rewrite
