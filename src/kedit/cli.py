@@ -46,6 +46,17 @@ class Mode(str, enum.Enum):
 class Dataset(str, enum.Enum):
     counterfact = "counterfact"
     zsre = "zsre"
+    knowedit = "knowedit"
+    unkebench = "unkebench"
+    akew_mquake = "akew-mquake"
+    editeverything = "editeverything"
+
+
+class Protocol(str, enum.Enum):
+    counterfact = "counterfact"
+    zsre = "zsre"
+    knowedit = "knowedit"
+    unstructured = "unstructured"
 
 
 # -- plumbing --------------------------------------------------------------------------------
@@ -209,7 +220,8 @@ def _config_fields(cls, prefix: str = ""):
 def bench(
     method: str = _METHOD,
     data: Path = typer.Option(..., "--data", help="Dataset JSON file (CounterFact or zsRE layout)."),
-    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="Scoring protocol; guessed from the file's keys when omitted."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", help="Dataset layout (picks the scoring protocol); guessed from the file's keys when omitted."),
+    protocol: Optional[Protocol] = typer.Option(None, "--protocol", help="Override the dataset's scoring protocol (e.g. knowedit on zsRE records)."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of records (default: all from --start)."),
     start: int = typer.Option(0, "--start", min=0, help="Index of the first record."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Requests per edit batch."),
@@ -241,7 +253,8 @@ def bench(
     if not requests:
         raise DataError(f"{data}: no records selected (start={start}, n={n})")
     loaded, tokenizer = _load_model(model, cache_dir)
-    run_args = {"method": method, "data": str(data), "dataset": name, "n": n, "start": start,
+    run_args = {"method": method, "data": str(data), "dataset": name, "protocol": protocol.value if protocol else None,
+                "n": n, "start": start,
                 "batch_size": batch_size, "mode": mode.value, "out": str(out), "seed": seed, "model": model,
                 "config": str(config) if config else None, "config_overrides": overrides,
                 "cache_dir": str(cache_dir) if cache_dir else None}
@@ -249,7 +262,8 @@ def bench(
                         mode=mode.value, out_dir=out, config=overrides, seed=seed, data_path=data, progress=progress,
                         cache_dir=cache_dir, save_edits=save_edits, run_args=run_args, console=_stderr(),
                         checkpoint_every=checkpoint_every, resume=resume, health_every_batch=health,
-                        probe_every=probe_every, probe_n=probe_n, auto_stop=auto_stop)
+                        probe_every=probe_every, probe_n=probe_n, auto_stop=auto_stop,
+                        protocol=protocol.value if protocol is not None else None)
     console = _stdout()
     print_summary_table(summary, console)
     console.print(f"Wrote {out}/summary.json")

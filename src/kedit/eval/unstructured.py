@@ -38,6 +38,7 @@ __all__ = [
     "similarity",
     "generate_answers",
     "evaluate_unstructured",
+    "unstructured_metrics",
 ]
 
 LENGTH_FACTOR = 1.5  # default generation budget: this × reference-answer tokens ...
@@ -380,7 +381,8 @@ def evaluate_unstructured(
                       "paraphrase": paraphrase, "portability": portability})
     if similarity:
         _add_similarity(cases, device)
-    return {"metrics": _metrics(cases), "cases": cases, "protocol": _protocol(max_new_tokens, chat, similarity)}
+    return {"metrics": unstructured_metrics(cases), "cases": cases,
+            "protocol": _protocol(max_new_tokens, chat, similarity)}
 
 
 def _add_similarity(cases: list[dict[str, Any]], device: str) -> None:
@@ -399,7 +401,8 @@ def _add_similarity(cases: list[dict[str, Any]], device: str) -> None:
             c["paraphrase"]["similarity"] = _mean(s["similarity"] for s in c["paraphrase"]["per_question"])
 
 
-def _metrics(cases: list[dict[str, Any]]) -> dict[str, Any]:
+def unstructured_metrics(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over ``cases`` (also used to pool cases of several evaluation calls)."""
     keys = list(dict.fromkeys(k for c in cases for k in c["portability"]))
     metrics: dict[str, Any] = {
         "original": _aggregate(cases, "original"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["print_summary_table", "format_fraction"]
+__all__ = ["print_summary_table", "format_fraction", "flatten_metrics"]
 
 
 def format_fraction(value: Any) -> str:
@@ -19,6 +19,22 @@ def _seconds(value: Any) -> str:
     if not isinstance(value, (int, float)):
         return "-"
     return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metric dicts (long-answer protocols) as ``{"bleu.original": v, ...}``.
+
+    Example:
+        >>> flatten_metrics({"bleu": {"original": 0.5}, "efficacy": 1.0})
+        {'bleu.original': 0.5, 'efficacy': 1.0}
+    """
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def print_summary_table(summary: dict[str, Any], console=None) -> None:
@@ -37,8 +53,8 @@ def print_summary_table(summary: dict[str, Any], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    post = summary.get("metrics") or {}
-    pre = summary.get("pre_metrics") or {}
+    post = flatten_metrics(summary.get("metrics") or {})
+    pre = flatten_metrics(summary.get("pre_metrics") or {})
     title = (f"{summary.get('method', '?')} on {summary.get('dataset', '?')}: n={summary.get('n', '?')}, "
              f"batch size {summary.get('batch_size', '?')}, {summary.get('mode', '?')}")
     table = Table(title=title, title_justify="left")

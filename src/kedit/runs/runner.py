@@ -34,20 +34,14 @@ import torch
 
 from kedit.data.requests import EditRequest, check_requests
 from kedit.errors import ConfigError, param_message
-from kedit.eval.counterfact import _harmonic_mean
+from kedit.runs import protocols
+from kedit.runs.protocols import DATASETS
 
 __all__ = ["run_bench", "MODES", "DATASETS", "headline_metrics"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("independent", "sequential")
-DATASETS = ("counterfact", "zsre")
-
-# Keys of the evaluators' metric dicts that are fractions in [0, 1] (the summary keeps only these).
-_FRACTION_KEYS = {
-    "counterfact": ("efficacy", "generalization", "specificity", "score"),
-    "zsre": ("efficacy", "generalization", "specificity", "portability", "locality_pre"),
-}
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -56,49 +50,9 @@ def _mean(values) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def _aggregate(dataset: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """The evaluator's metric dict recomputed over ``cases`` gathered from several evaluation calls."""
-    metrics: dict[str, Any] = {}
-    if not cases:
-        return metrics
-    scalar_keys = [k for k, v in cases[0].items() if k not in ("id", "skipped") and not isinstance(v, dict)]
-    for key in scalar_keys:
-        metrics[key] = _mean(c.get(key) for c in cases)
-    if dataset == "counterfact":
-        metrics["score"] = _harmonic_mean([metrics.get(k) for k in ("efficacy", "generalization", "specificity")])
-        metrics["skipped"] = sum(bool(c.get("skipped")) for c in cases)
-    else:
-        keys = list(dict.fromkeys(k for c in cases for k in c.get("portability_by_key", {})))
-        metrics["portability_by_key"] = {k: _mean(c["portability_by_key"].get(k) for c in cases) for k in keys}
-    metrics["n_cases"] = len(cases)
-    return metrics
-
-
-def headline_metrics(dataset: str, metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The fraction-valued metrics of an evaluator's metric dict (``portability_by_key`` flattened
-    to ``portability.<key>``); magnitudes and counts stay in ``metrics.json``."""
-    out: dict[str, float | None] = {k: metrics.get(k) for k in _FRACTION_KEYS[dataset]}
-    for key, value in (metrics.get("portability_by_key") or {}).items():
-        out[f"portability.{key}"] = value
-    return out
-
-
-#: New tokens of the greedy generation scored for fluency (n-gram entropy).
-FLUENCY_TOKENS = 40
-
-
-def _evaluate(dataset: str, model, tokenizer, requests: Sequence[EditRequest], pre) -> dict[str, Any]:
-    """Benchmark metrics plus fluency: the n-gram entropy of a greedy continuation of each edit prompt."""
-    from kedit.eval import evaluate_counterfact, evaluate_zsre, greedy_generate, ngram_entropy
-
-    if dataset == "counterfact":
-        result = evaluate_counterfact(model, tokenizer, requests)
-    else:
-        result = evaluate_zsre(model, tokenizer, requests, pre=pre)
-    texts = greedy_generate(model, tokenizer, [r.text for r in requests], max_new_tokens=FLUENCY_TOKENS)
-    for case, text in zip(result["cases"], texts):
-        case["fluency"] = ngram_entropy(text)
-    return result
+def headline_metrics(dataset: str, metrics: dict[str, Any], protocol: str | None = None) -> dict[str, Any]:
+    """The headline numbers of an evaluator's metric dict for ``dataset`` (see ``runs.protocols``)."""
+    return protocols.headline(protocols.protocol_for(dataset, protocol), metrics)
 
 
 def _mean_fluency(cases: list[dict[str, Any]]) -> float | None:
@@ -160,8 +114,7 @@ def _write_json(path: Path, data: Any) -> None:
 def _check_args(requests, dataset: str, batch_size: int, mode: str) -> list[EditRequest]:
     if mode not in MODES:
         raise ConfigError(param_message("mode", "run_bench", f"one of {list(MODES)}", mode))
-    if dataset not in DATASETS:
-        raise ConfigError(param_message("dataset", "run_bench", f"one of {list(DATASETS)}", dataset))
+    protocols.protocol_for(dataset)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(param_message("batch_size", "run_bench", "a positive int", batch_size))
     return check_requests(requests, "run_bench", hint=" (check --n/--start and the data file)")
@@ -201,6 +154,7 @@ def run_bench(
     probe_every: int = 0,
     probe_n: int = 100,
     auto_stop: float | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Edit ``requests`` in batches with ``method``, score them and write the run directory ``out_dir``.
 
@@ -208,7 +162,9 @@ def run_bench(
         model, tokenizer: the model to edit (its weights are restored bit for bit before returning).
         method: preset name (``kedit methods``); ``config``: None, an override dict or a config instance.
         requests: the edit requests, in order; batches are consecutive slices of ``batch_size``.
-        dataset: ``"counterfact"`` (probability comparison) or ``"zsre"`` (token accuracy) scoring.
+        dataset: one of ``runs.protocols.DATASETS``; it picks the scoring protocol (counterfact:
+            probability comparison, zsre: token accuracy, knowedit: KnowEdit metrics, long-answer
+            datasets: generated-answer BLEU / ROUGE-L / similarity).
         mode: ``"independent"`` (every batch from the original weights) or ``"sequential"`` (accumulate,
             score once after the last batch).
         out_dir: run directory (created; existing run files in it are overwritten).
@@ -233,6 +189,7 @@ def run_bench(
         auto_stop: sequential mode, with probes: stop editing once the mean probe F1 falls below
             this fraction of its pre-edit value; the final evaluation then covers the edits made so
             far and the summary records ``auto_stopped_at_batch``.
+        protocol: override the dataset's scoring protocol (e.g. ``"knowedit"`` on zsRE records).
 
     Returns:
         The summary written to ``summary.json``: ``{method, dataset, n, batch_size, mode, metrics,
@@ -248,6 +205,14 @@ def run_bench(
     from kedit.ledger import save_edit_set
 
     requests = _check_args(requests, dataset, batch_size, mode)
+    scoring = protocols.protocol_for(dataset, protocol)
+
+    def _evaluate(requests_, pre_):
+        return protocols.evaluate(scoring, model, tokenizer, requests_, pre_)
+
+    def _headline(metrics):
+        return protocols.headline(scoring, metrics)
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -265,13 +230,9 @@ def run_bench(
     log.info("statistics and projections ready in %.1f s", stats_seconds)
 
     with torch.no_grad():
-        if dataset == "zsre":
-            pre = PreEditCache.build(model, tokenizer, requests)
-            pre_result = _evaluate(dataset, model, tokenizer, requests, pre)  # locality_pre = 1 by construction
-        else:
-            pre = None
-            pre_result = _evaluate(dataset, model, tokenizer, requests, None)
-    log.info("pre-edit: %s", _fmt(headline_metrics(dataset, pre_result["metrics"])))
+        pre = PreEditCache.build(model, tokenizer, requests) if protocols.needs_pre_cache(scoring) else None
+        pre_result = _evaluate(requests, pre)  # locality against the cache is 1 by construction
+    log.info("pre-edit: %s", _fmt(_headline(pre_result["metrics"])))
 
     monitor = _health_monitor(editor, model, tokenizer, mode, health_every_batch, probe_every, probe_n, auto_stop)
     batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
@@ -329,11 +290,11 @@ def run_bench(
                 if mode == "independent":
                     t1 = time.perf_counter()
                     with torch.no_grad():
-                        result = _evaluate(dataset, model, tokenizer, batch, pre)
+                        result = _evaluate(batch, pre)
                     editor.revert()
                     post_cases.extend(result["cases"])
                     record["eval_seconds"] = round(time.perf_counter() - t1, 6)
-                    record["metrics"] = headline_metrics(dataset, result["metrics"])
+                    record["metrics"] = _headline(result["metrics"])
                 else:
                     batch_metas.append({"batch": index, **edit_set.meta})
                     merged = edit_set if merged is None else merged.merge(edit_set)
@@ -370,7 +331,7 @@ def run_bench(
                 batch_metas.append({"finalize": True})
             t1 = time.perf_counter()
             with torch.no_grad():
-                result = _evaluate(dataset, model, tokenizer, done_requests, pre)
+                result = _evaluate(done_requests, pre)
             post_cases = result["cases"]
             log.info("evaluated %d request(s) on the final model in %.1f s", len(done_requests),
                      time.perf_counter() - t1)
@@ -391,7 +352,7 @@ def run_bench(
             editor.revert()
 
     # Sequential: one evaluation of every request; independent: per-batch cases pooled.
-    post_metrics = result["metrics"] if mode == "sequential" else _aggregate(dataset, post_cases)
+    post_metrics = result["metrics"] if mode == "sequential" else protocols.aggregate(scoring, post_cases)
     stats_cfg = getattr(editor.config, "stats", None)
     stats_report = editor.ctx.stats(stats_cfg).report() if stats_cfg is not None else {}
     summary = {
@@ -400,8 +361,8 @@ def run_bench(
         "n": len(requests),
         "batch_size": batch_size,
         "mode": mode,
-        "metrics": headline_metrics(dataset, post_metrics),
-        "pre_metrics": headline_metrics(dataset, pre_result["metrics"]),
+        "metrics": _headline(post_metrics),
+        "pre_metrics": _headline(pre_result["metrics"]),
         "timing": {
             "seconds_per_edit": edit_seconds / len(done_requests),
             "edit_seconds_total": edit_seconds,
@@ -409,11 +370,10 @@ def run_bench(
         },
         "stats": _jsonable(stats_report),
         "fluency": {"pre": _mean_fluency(pre_result["cases"]), "post": _mean_fluency(post_cases),
-                    "protocol": f"n-gram entropy (2/3·H2 + 4/3·H3)/2 in bits of {FLUENCY_TOKENS} greedy tokens "
-                                "after each edit prompt (the papers report ×100)"},
+                    "protocol": protocols.fluency_protocol(scoring)},
     }
     _write_json(out / "metrics.json", {
-        "pre": pre_result["metrics"], "post": post_metrics,
+        "protocol": scoring, "pre": pre_result["metrics"], "post": post_metrics,
         "cases": {"pre": pre_result["cases"], "post": post_cases},
     })
     from kedit.runs.plots import budget_summary, plot_budget
@@ -423,7 +383,7 @@ def run_bench(
         summary["lyaplock"] = budget
         plot_budget(journal_path, out / "preservation_loss.png")
     if monitor is not None:
-        _health_summary(summary, monitor, final_probes, journal_path, out, stopped_at, done_requests, dataset,
+        _health_summary(summary, monitor, final_probes, journal_path, out, stopped_at, done_requests, scoring,
                         pre_result)
     _write_json(out / "summary.json", summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
@@ -455,7 +415,7 @@ def _health_monitor(editor, model, tokenizer, mode: str, health_every_batch: boo
 
 
 def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Path, stopped_at, done_requests,
-                    dataset: str, pre_result) -> None:
+                    scoring: str, pre_result) -> None:
     """Add the health monitor's results to ``summary`` (and ``probes.png`` to the run directory)."""
     from kedit.eval.probes import compact
     from kedit.runs.plots import plot_probes
@@ -469,7 +429,7 @@ def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Pat
         summary["n_edited"] = len(done_requests)
         # pre-edit metrics over the same requests as the post-edit ones
         pre_cases = pre_result["cases"][: len(done_requests)]
-        summary["pre_metrics"] = headline_metrics(dataset, _aggregate(dataset, pre_cases))
+        summary["pre_metrics"] = protocols.headline(scoring, protocols.aggregate(scoring, pre_cases))
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
