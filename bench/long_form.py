@@ -1,0 +1,120 @@
+"""Long-answer editing on the embedded model: UnKE, AnyEdit, AnyEdit*, μKE, μKE*, Matryoshka-vanilla
+(independent edits, batch 1) on UnKEBench and EditEverything — BLEU / ROUGE-L / similarity for
+original and paraphrased questions, seconds per edit, and score against answer length (μKE
+Figure 5).
+
+    python bench/long_form.py --n 100 --per-domain 5 --out bench/results/long_form
+
+Answers longer than --max-answer-tokens are cut (CPU budget; the reference edits them whole).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import kedit
+from kedit.data.unstructured import load_editeverything, load_unkebench
+from kedit.paths import data_dir
+from kedit.runs.runner import run_bench
+
+METHODS = ("unke", "anyedit", "anyedit_unke", "muke", "muke_unke", "muke_vanilla")
+
+
+def _truncate(requests, tok, max_tokens: int):
+    out = []
+    for r in requests:
+        ids = tok(r.target_new, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens:
+            r = dataclasses.replace(r, target_new=tok.decode(ids[:max_tokens]).strip())
+        out.append(r)
+    return out
+
+
+def _per_domain(requests, k: int):
+    seen: dict[str, int] = {}
+    out = []
+    for r in requests:
+        if seen.get(r.domain, 0) < k:
+            seen[r.domain] = seen.get(r.domain, 0) + 1
+            out.append(r)
+    return out
+
+
+def plot_length(cases_by_method: dict[str, list[tuple[int, float]]], path: Path) -> Path:
+    """BLEU of the original question against answer length (tokens), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, points in cases_by_method.items():
+        points = sorted(points)
+        if not points:
+            continue
+        bins: dict[int, list[float]] = {}
+        for n_tok, bleu in points:
+            bins.setdefault(n_tok // 20 * 20, []).append(bleu)
+        xs = sorted(bins)
+        ax.plot(xs, [100 * sum(bins[x]) / len(bins[x]) for x in xs], marker="o", label=method)
+    ax.set_xlabel("answer length (tokens, bins of 20)")
+    ax.set_ylabel("BLEU (original question, ×100)")
+    ax.set_title("Edit efficacy against answer length")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100, help="UnKEBench records (from the first).")
+    ap.add_argument("--per-domain", type=int, default=5, help="EditEverything records per domain (0 = skip).")
+    ap.add_argument("--max-answer-tokens", type=int, default=128)
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--config", default="", help="JSON {method: overrides} applied on top of the defaults.")
+    ap.add_argument("--out", default="bench/results/long_form")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = json.loads(args.config) if args.config else {}
+    model, tok = kedit.load_model()
+    datasets = {"unkebench": (data_dir() / "unke" / "final_data_v2.json",
+                              _truncate(load_unkebench(data_dir() / "unke" / "final_data_v2.json", n=args.n), tok,
+                                        args.max_answer_tokens))}
+    if args.per_domain:
+        path = data_dir() / "editeverything" / "editevery.json"
+        datasets["editeverything"] = (path, _truncate(_per_domain(load_editeverything(path), args.per_domain), tok,
+                                                      args.max_answer_tokens))
+    table: dict[str, dict] = {}
+    lengths: dict[str, list[tuple[int, float]]] = {}
+    for name, (path, requests) in datasets.items():
+        for method in args.methods:
+            start = time.perf_counter()
+            run_dir = out / f"{name}-{method}"
+            summary = run_bench(model, tok, method=method, requests=requests, dataset=name, batch_size=1,
+                                mode="independent", out_dir=run_dir, config=overrides.get(method), data_path=path,
+                                progress=True, save_edits=False)
+            table[f"{name}:{method}"] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
+                                         "timing": summary["timing"], "wall_seconds": time.perf_counter() - start,
+                                         "n": len(requests)}
+            cases = json.loads((run_dir / "metrics.json").read_text())["cases"]["post"]
+            by_id = {r.id: r for r in requests}
+            lengths.setdefault(method, []).extend(
+                (len(tok(by_id[c["id"]].target_new, add_special_tokens=False)["input_ids"]), c["original"]["bleu"])
+                for c in cases)
+            (out / "table.json").write_text(json.dumps({"max_answer_tokens": args.max_answer_tokens, "runs": table},
+                                                       indent=1))
+            m = summary["metrics"]
+            print(f"{name:15s} {method:13s} BLEU {m['bleu']['original']:.3f}/{m['bleu']['paraphrase'] or 0:.3f} "
+                  f"ROUGE-L r {m['rouge_l']['original']['recall']:.3f} sim {m['similarity']['original']:.3f} "
+                  f"s/edit {summary['timing']['seconds_per_edit']:.1f}", flush=True)
+    plot_length(lengths, out / "bleu_vs_length.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""UnKE vs NaKE (and AnyEdit* vs AnyEdit* with bargaining) on the embedded model, KnowEdit metrics:
+edit success, portability, locality, fluency, seconds per edit, plus the gradient-conflict
+diagnostics (NaKE Figures 2–3) and an optional fixed-weight sweep (Figure 4).
+
+    python bench/nake.py --dataset zsre --n 200 --out bench/results/nake_zsre
+    python bench/nake.py --dataset counterfact --n 200 --sweep --out bench/results/nake_cf
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import kedit
+from kedit.data.loaders import load_requests
+from kedit.paths import data_dir
+from kedit.runs.nash_plots import load_diagnostics, plot_nash_figures
+from kedit.runs.runner import run_bench
+
+FILES = {"zsre": "zsre/zsre_mend_edit.json", "counterfact": "counterfact/counterfact-edit.json"}
+RUNS = {
+    "unke": ("unke", {"fit": {"diagnostics": True}}),
+    "nake": ("nake", {}),
+    "anyedit_unke": ("anyedit_unke", {"fit": {"diagnostics": True}}),
+    "anyedit_unke+nash": ("anyedit_unke", {"fit": {"combine": "nash", "diagnostics": True}}),
+}
+SWEEP = (1.0, 2.0, 5.0, 10.0)
+
+
+def _conflict_rate(diagnostics) -> float | None:
+    cos = [d["cos_pe"] for d in diagnostics if d.get("cos_pe") is not None]
+    return sum(c < 0 for c in cos) / len(cos) if cos else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", choices=sorted(FILES), default="zsre")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--runs", nargs="*", default=list(RUNS))
+    ap.add_argument("--sweep", action="store_true", help="Also run fixed weights λ_e = 1, λ_p ∈ {1, 2, 5, 10}.")
+    ap.add_argument("--config", default="", help="JSON overrides merged into every run's config.")
+    ap.add_argument("--out", default="bench/results/nake")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = json.loads(args.config) if args.config else {}
+    model, tok = kedit.load_model()
+    path = data_dir() / FILES[args.dataset]
+    requests = load_requests(args.dataset, path, n=args.n)
+    runs = {k: RUNS[k] for k in args.runs}
+    if args.sweep:
+        for lam in SWEEP:
+            runs[f"fixed_p{lam:g}"] = ("unke", {"fit": {"combine": "fixed", "fixed_weights": [lam, 1.0],
+                                                        "diagnostics": True}})
+    table, sweep = {}, []
+    for name, (method, cfg) in runs.items():
+        merged = {**extra, **cfg, "fit": {**extra.get("fit", {}), **cfg.get("fit", {})}}
+        start = time.perf_counter()
+        summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset, protocol="knowedit",
+                            batch_size=1, mode="independent", out_dir=out / name, config=merged, data_path=path,
+                            progress=True, save_edits=False)
+        diagnostics = load_diagnostics(out / name / "journal.jsonl")
+        table[name] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
+                       "fluency": summary["fluency"], "timing": summary["timing"],
+                       "conflict_rate": _conflict_rate(diagnostics), "wall_seconds": time.perf_counter() - start}
+        m = summary["metrics"]
+        if name.startswith("fixed_p") or name == "nake":
+            sweep.append({"method": "nake" if name == "nake" else "fixed",
+                          "lambda_p": merged["fit"].get("fixed_weights", [None])[0], "lambda_e": 1.0,
+                          "edit_succ": m["edit_succ"], "locality": m["locality"], "portability": m["portability"]})
+        (out / "table.json").write_text(json.dumps({"dataset": args.dataset, "n": args.n, "runs": table}, indent=1))
+        print(f"{name:20s} edit {m['edit_succ']:.3f} port {m['portability'] or 0:.3f} loc {m['locality'] or 0:.3f} "
+              f"flu {summary['fluency']['post'] or 0:.3f} conflicts {table[name]['conflict_rate']} "
+              f"s/edit {summary['timing']['seconds_per_edit']:.1f}", flush=True)
+    journals = [out / n / "journal.jsonl" for n in ("unke", "nake") if (out / n / "journal.jsonl").exists()]
+    if journals:
+        merged_journal = out / "diagnostics.jsonl"
+        merged_journal.write_text("".join(j.read_text() for j in journals))
+        plots = plot_nash_figures(merged_journal, out, sweep=sweep if len(sweep) > 1 else None)
+        print("plots:", {k: str(v) for k, v in plots.items()})
+
+
+if __name__ == "__main__":
+    main()
