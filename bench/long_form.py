@@ -15,6 +15,9 @@ import json
 import time
 from pathlib import Path
 
+import torch
+import yaml
+
 import kedit
 from kedit.data.unstructured import load_editeverything, load_unkebench
 from kedit.paths import data_dir
@@ -76,12 +79,21 @@ def main() -> None:
     ap.add_argument("--per-domain", type=int, default=5, help="EditEverything records per domain (0 = skip).")
     ap.add_argument("--max-answer-tokens", type=int, default=128)
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--config", default="", help="JSON {method: overrides} applied on top of the defaults.")
+    ap.add_argument("--configs", default=str(Path(__file__).parent / "configs" / "smollm2"),
+                    help="Folder of <method>.yaml overrides ('' = class defaults).")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
     ap.add_argument("--out", default="bench/results/long_form")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = json.loads(args.config) if args.config else {}
+    overrides = {}
+    if args.configs:
+        for method in args.methods:
+            path = Path(args.configs) / f"{method}.yaml"
+            if path.exists():
+                overrides[method] = yaml.safe_load(path.read_text())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = kedit.load_model()
     datasets = {"unkebench": (data_dir() / "unke" / "final_data_v2.json",
                               _truncate(load_unkebench(data_dir() / "unke" / "final_data_v2.json", n=args.n), tok,

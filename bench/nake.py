@@ -12,6 +12,9 @@ import json
 import time
 from pathlib import Path
 
+import torch
+import yaml
+
 import kedit
 from kedit.data.loaders import load_requests
 from kedit.paths import data_dir
@@ -39,12 +42,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--runs", nargs="*", default=list(RUNS))
     ap.add_argument("--sweep", action="store_true", help="Also run fixed weights λ_e = 1, λ_p ∈ {1, 2, 5, 10}.")
-    ap.add_argument("--config", default="", help="JSON overrides merged into every run's config.")
+    ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "smollm2" / "unke.yaml"),
+                    help="YAML overrides merged into every run's config ('' = class defaults).")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
     ap.add_argument("--out", default="bench/results/nake")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = json.loads(args.config) if args.config else {}
+    extra = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = kedit.load_model()
     path = data_dir() / FILES[args.dataset]
     requests = load_requests(args.dataset, path, n=args.n)
