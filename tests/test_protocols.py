@@ -59,10 +59,11 @@ def test_unstructured_bench_summary_shape(tmp_path):
     assert on_disk["metrics"] == json.loads(json.dumps(summary["metrics"]))
 
 
-def test_knowedit_protocol_on_zsre_records(tmp_path):
+@pytest.mark.parametrize("mode", ["sequential", "independent"])
+def test_knowedit_protocol_on_zsre_records(tmp_path, mode):
     model, tok = tiny_model("llama")
     summary = run_bench(model, tok, method="ft", requests=tiny_requests(), dataset="zsre", protocol="knowedit",
-                        batch_size=3, mode="sequential", out_dir=tmp_path / "run", config={"layer": 1, "steps": 3},
+                        batch_size=3 if mode == "sequential" else 1, mode=mode, out_dir=tmp_path / "run", config={"layer": 1, "steps": 3},
                         progress=False, cache_dir=tmp_path, save_edits=False)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["protocol"] == "knowedit"
     assert {"edit_succ", "locality", "portability"} <= set(summary["metrics"])

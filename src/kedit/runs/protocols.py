@@ -103,7 +103,8 @@ def aggregate(protocol: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if not cases:
         return metrics
-    scalar_keys = [k for k, v in cases[0].items() if k not in ("id", "skipped") and not isinstance(v, (dict, list))]
+    scalar_keys = [k for k, v in cases[0].items()
+                   if k not in ("id", "skipped") and isinstance(v, (int, float)) and not isinstance(v, bool)]
     for key in scalar_keys:
         metrics[key] = _mean(c.get(key) for c in cases)
     if protocol == "counterfact":
