@@ -56,6 +56,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def all_cores():
+    """The embedded model uses every core (unit-test modules drop to one thread for tiny models)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The embedded default model (session scoped; loading is < 1 s after the first conversion)."""

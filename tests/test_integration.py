@@ -6,7 +6,6 @@ target is optimised once for the whole module (that is the toolkit's own reuse p
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -21,12 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)
-def all_cores():
-    """The embedded model uses every core (unit-test modules drop to one thread for tiny models)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(before)
+def _all_cores(all_cores):
+    """The embedded model uses every core."""
 
 
 @pytest.fixture(scope="module")

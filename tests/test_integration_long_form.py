@@ -4,11 +4,9 @@ the unedited model is far below), and revert must restore every weight (whole-bl
 The SmolLM2 settings are the tuned ones of ``bench/configs/smollm2`` (see docs/long-form.md)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import kedit
@@ -22,11 +20,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "bench" / "configs" / "smollm2"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def all_cores():
-    before = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(before)
+def _all_cores(all_cores):
+    """The embedded model uses every core."""
 
 
 @pytest.fixture(scope="module")
