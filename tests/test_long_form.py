@@ -255,6 +255,6 @@ def test_long_form_config_errors():
     with pytest.raises(ConfigError, match="combine"):
         Editor(model, tok, "unke", {"fit": {"combine": "average"}})
     with pytest.raises(ConfigError, match="affinity_order"):
-        Editor(model, tok, "muke", {"affinity_order": "sideways"})
+        Editor(model, tok, "muke", {"matryoshka": {"affinity_order": "sideways"}})
     with pytest.raises(ConfigError, match="window_siz"):
         Editor(model, tok, "anyedit", {"window_siz": 3})

@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from kedit.config import field
+from kedit.config import Config, field
 from kedit.methods.anyedit import AnyEditConfig, AnyEditUnkeConfig, MemitSequenceWriterMixin
 from kedit.methods.long_form import LongFormMethod, ShiftConfig, UnkeWriterMixin
 from kedit.methods.registry import register_method
@@ -20,24 +20,30 @@ from kedit.stages.shifts import ShiftedSequence, optimise_shift, shift_gradient
 from kedit.stages.windows import (affinity_coefficients, affinity_scores, figure_weights, lookup_positions,
                                   matryoshka_weights, split_windows)
 
-__all__ = ["MukeConfig", "MukeUnkeConfig", "Muke", "MukeUnke", "MatryoshkaTargetsMixin"]
+__all__ = ["MatryoshkaConfig", "MukeConfig", "MukeUnkeConfig", "Muke", "MukeUnke", "MatryoshkaTargetsMixin"]
 
 COEFFICIENTS = ("affinity", "vanilla")
 ORDERS = ("reference", "paper")
 
 
-def _muke_fields():
-    return dict(
-        coefficients=field("affinity", "'affinity' (eq. 12) or 'vanilla' (λ ≡ 1, Matryoshka-vanilla)."),
-        affinity_order=field("reference", "'reference' (code: reversed pairing) or 'paper' (eq. 12 as written)."),
-        affinity_steps=field(3, "T_aff: Adam iterates at which gradient cosines are averaged."),
-    )
+@dataclasses.dataclass(frozen=True)
+class MatryoshkaConfig(Config):
+    """The Matryoshka objective's coefficients (eq. 10–12).
 
+    Args:
+        coefficients: 'affinity' (eq. 12) or 'vanilla' (λ ≡ 1, Matryoshka-vanilla).
+        affinity_order: 'reference' (default, reproduces the reported numbers) or 'paper'.
+        affinity_steps: T_aff, the Adam iterates at which gradient cosines are averaged.
+    """
 
-def _check_muke(cfg) -> None:
-    cfg._check("coefficients", cfg.coefficients in COEFFICIENTS, f"one of {COEFFICIENTS}")
-    cfg._check("affinity_order", cfg.affinity_order in ORDERS, f"one of {ORDERS}")
-    cfg._check("affinity_steps", cfg.affinity_steps >= 1, "an int >= 1")
+    coefficients: str = field("affinity", "'affinity' (eq. 12) or 'vanilla' (λ ≡ 1, Matryoshka-vanilla).")
+    affinity_order: str = field("reference", "'reference' (code: reversed pairing) or 'paper' (eq. 12 as written).")
+    affinity_steps: int = field(3, "T_aff: Adam iterates at which gradient cosines are averaged.")
+
+    def __post_init__(self) -> None:
+        self._check("coefficients", self.coefficients in COEFFICIENTS, f"one of {COEFFICIENTS}")
+        self._check("affinity_order", self.affinity_order in ORDERS, f"one of {ORDERS}")
+        self._check("affinity_steps", self.affinity_steps >= 1, "an int >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,25 +54,17 @@ class MukeConfig(AnyEditConfig):
         window_size: answer tokens per window (Llama3 30, Qwen2.5 20).
         target: per-window shift optimisation (early stop 1e-2).
         layers, mom2_update_weight, stats, chat, seed: as AnyEdit.
-        coefficients: 'affinity' (eq. 12) or 'vanilla' (λ ≡ 1).
-        affinity_order: 'reference' (default, reproduces the reported numbers) or 'paper'.
-        affinity_steps: T_aff.
+        matryoshka: the objective's coefficients.
     """
 
     window_size: int = field(30, "Answer tokens per window (overlap 0).")
     target: ShiftConfig = field(ShiftConfig(early_stop_loss=1e-2), "Per-window shift optimisation.")
-    coefficients: str = _muke_fields()["coefficients"]
-    affinity_order: str = _muke_fields()["affinity_order"]
-    affinity_steps: int = _muke_fields()["affinity_steps"]
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_muke(self)
+    matryoshka: MatryoshkaConfig = field(MatryoshkaConfig(), "Matryoshka coefficients (eq. 10–12).")
 
 
 @dataclasses.dataclass(frozen=True)
 class MukeVanillaConfig(MukeConfig):
-    coefficients: str = field("vanilla", "'affinity' (eq. 12) or 'vanilla' (λ ≡ 1, Matryoshka-vanilla).")
+    matryoshka: MatryoshkaConfig = field(MatryoshkaConfig(coefficients="vanilla"), "Matryoshka coefficients (λ ≡ 1).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +75,12 @@ class MukeUnkeConfig(AnyEditUnkeConfig):
         window_size: answer tokens per window.
         target: per-window shift optimisation (early stop 5e-3).
         fit, stats, chat, seed: as AnyEdit*.
-        coefficients, affinity_order, affinity_steps: as μKE.
+        matryoshka: as μKE.
     """
 
     window_size: int = field(30, "Answer tokens per window (overlap 0).")
     target: ShiftConfig = field(ShiftConfig(early_stop_loss=5e-3), "Per-window shift optimisation.")
-    coefficients: str = _muke_fields()["coefficients"]
-    affinity_order: str = _muke_fields()["affinity_order"]
-    affinity_steps: int = _muke_fields()["affinity_steps"]
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_muke(self)
+    matryoshka: MatryoshkaConfig = field(MatryoshkaConfig(), "Matryoshka coefficients (eq. 10–12).")
 
 
 class MatryoshkaTargetsMixin:
@@ -96,7 +88,8 @@ class MatryoshkaTargetsMixin:
 
     def coefficients(self, seq, enc, windows, positions, i) -> list[float] | None:
         cfg = self.config
-        if cfg.coefficients == "vanilla" or i == len(windows) - 1:
+        mat = cfg.matryoshka
+        if mat.coefficients == "vanilla" or i == len(windows) - 1:
             return None
         wd = cfg.target.weight_decay
         n = len(enc.ids)
@@ -105,9 +98,9 @@ class MatryoshkaTargetsMixin:
             weights = figure_weights(n, enc.n_prompt, windows, i, j).to(seq.ids.device)
             return shift_gradient(seq, positions[i], delta, weights, weight_decay=wd)
 
-        scores = affinity_scores(gradient, windows, i, steps=cfg.affinity_steps, lr=cfg.target.lr,
+        scores = affinity_scores(gradient, windows, i, steps=mat.affinity_steps, lr=cfg.target.lr,
                                  d=seq.hidden.shape[-1], dtype=seq.hidden.dtype)
-        return affinity_coefficients(scores, cfg.affinity_order)
+        return affinity_coefficients(scores, mat.affinity_order)
 
     def targets(self, ctx, request, enc):
         cfg = self.config
