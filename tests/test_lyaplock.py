@@ -1,6 +1,8 @@
 """LyapLock: queue arithmetic, closed form vs brute force, and the queue's effect on a tiny model."""
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 
 import pytest
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 import kedit
 from kedit.stages.lyaplock import lyaplock_delta, preservation_loss, queue_constants, queue_update
+from kedit.stages.regularisers import prune_restrain
 from kedit.stats.second_moment import value_moments
 from kedit.testing.checks import cheap_config, tiny_requests, write_tiny_corpus
 from kedit.testing.tiny import tiny_model
@@ -92,16 +95,67 @@ def test_low_alpha_raises_weight_and_pulls_loss_back(tmp_path):
     assert float(editor.state[f"{layer}.D"]) < float(relaxed.state[f"{layer}.D"])
 
 
-@pytest.mark.parametrize("method", ["lyaplock+memit", "lyaplock+rect"])
-def test_queue_scales_the_host_lambda(tmp_path, method):
-    """Host methods under the queue: batch 1 uses λ, later batches a·Z(t)·λ, which rises above λ
-    once the host's preservation loss exceeds a deliberately low budget."""
+#: host preset → (module whose writer the host calls, writer, its weight argument, config field of the base weight)
+_HOST_WRITERS = {
+    "lyaplock+memit": ("kedit.methods.memit", "memit_delta", "lam", "mom2_update_weight"),
+    "lyaplock+rect": ("kedit.methods.memit", "memit_delta", "lam", "mom2_update_weight"),
+    "lyaplock+prune": ("kedit.methods.memit", "memit_delta", "lam", "mom2_update_weight"),
+    "lyaplock+alphaedit": ("kedit.methods.alphaedit", "alphaedit_delta", "alpha", "l2"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_HOST_WRITERS))
+def test_queue_scales_the_weight_the_host_writer_uses(tmp_path, monkeypatch, method):
+    """The host's closed form receives its base weight (λ; AlphaEdit: the ridge l2) in batch 1 and
+    a·Z(t)·base after.  α = 0.5 puts the budget below D₀, so after batch 1
+    a·Z = 1 + a²(D₀ − αD₀) = 1 + (1 − α)/α = 2 exactly (spec §6.3 constants): a host that ignored the
+    queue would receive the base weight again and fail."""
+    module_name, writer, argument, base_field = _HOST_WRITERS[method]
+    module = importlib.import_module(module_name)
+    original = getattr(module, writer)
+    used: dict[int, float] = {}
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        used[int(bound.arguments["what"].split()[-1])] = float(bound.arguments[argument])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, writer, spy)
     corpus = write_tiny_corpus(tmp_path / "corpus.txt")
     model, tok = tiny_model("llama")
-    config = {**cheap_config(method, corpus), "alpha": 1.01, "mom2_update_weight": 0.5}
-    editor = kedit.Editor(model, tok, method, config, cache_dir=tmp_path / "cache")
-    weights = [editor.edit([r]).meta["lyaplock"]["weight"] for r in tiny_requests() * 2]
-    layer = editor.config.layers[0]
-    assert weights[0][layer] == 0.5
-    assert max(w[layer] for w in weights[1:]) > 0.5
+    editor = kedit.Editor(model, tok, method, {**cheap_config(method, corpus), "alpha": 0.5},
+                          cache_dir=tmp_path / "cache")
+    base = getattr(editor.config, base_field)
+    for batch, request in enumerate(tiny_requests()):
+        before = dict(editor.state)
+        used.clear()
+        reported = editor.edit([request]).meta["lyaplock"]["weight"]
+        assert set(used) == set(editor.config.layers)
+        for layer, weight in used.items():
+            scale = 1.0 if batch == 0 else float(before[f"queue.{layer}.a"] * before[f"queue.{layer}.Z"])
+            assert weight == pytest.approx(scale * base, rel=1e-12), (batch, layer)
+            assert reported[layer] == weight
+            if batch == 1:
+                assert scale == pytest.approx(2.0, rel=1e-9)
+    editor.revert()
+
+
+def test_lyaplock_prune_restrains_after_the_last_batch(tmp_path):
+    """``Editor.finalize`` reaches PRUNE's restraint through the queue mixin: afterwards the weights
+    are W0 + ΔW′ with ΔW′ the restrained total update (spec §5)."""
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    editor = kedit.Editor(model, tok, "lyaplock+prune", cheap_config("lyaplock+prune", corpus),
+                          cache_dir=tmp_path / "cache")
+    for request in tiny_requests():
+        editor.edit([request])
+    names = [editor.adapter.weight_name(layer) for layer in editor.config.layers]
+    to_out_in = editor.adapter.to_out_in
+    W0 = {n: to_out_in(editor.ctx.base_weight(n)).double() for n in names}
+    now = {n: to_out_in(model.get_parameter(n).detach()).double() for n in names}
+    final = editor.finalize()
+    assert final is not None and final.meta == {"finalize": True} and set(final.names()) == set(names)
+    for n in names:
+        expected = W0[n] + prune_restrain(now[n] - W0[n], W0[n])
+        assert torch.allclose(to_out_in(model.get_parameter(n).detach()).double(), expected, atol=1e-5)
     editor.revert()

@@ -254,6 +254,39 @@ def test_run_bench_records_health_and_probes(tmp_path, shared_data):
     assert saved["probes"]["final"] == summary["probes"]["final"]
 
 
+def test_run_bench_records_preservation_loss_of_memit(tmp_path, shared_data, monkeypatch):
+    """Each journal line's D(t) equals the direct per-token ‖(W_t − W0) k‖² = tr(ΔW E[kkᵀ] ΔWᵀ),
+    ΔW = W_t − W0, from the weights right after that batch (LyapLock §3.1 for a queue-less method)."""
+    import kedit.editor
+
+    original = kedit.editor.Editor.edit
+    seen: dict[str, list] = {"W0": [], "after": [], "C0": []}
+
+    def weights(editor):
+        return {layer: editor.adapter.to_out_in(editor.model.get_parameter(editor.adapter.weight_name(layer)))
+                .detach().double().clone() for layer in editor.config.layers}
+
+    def edit(self, requests):
+        if not seen["W0"]:
+            seen["W0"].append(weights(self))
+            seen["C0"].append({layer: self.ctx.stats(self.config.stats).C0(layer) for layer in self.config.layers})
+        out = original(self, requests)
+        seen["after"].append(weights(self))
+        return out
+
+    monkeypatch.setattr(kedit.editor.Editor, "edit", edit)
+    _, lines = _bench(tmp_path, health_every_batch=True)
+    (W0,), (C0,) = seen["W0"], seen["C0"]
+    assert len(lines) == len(seen["after"]) == 4
+    for record, after in zip(lines, seen["after"]):
+        recorded = record["health"]["preservation_loss"]
+        assert set(recorded) == {"1", "2"}
+        for layer, W in after.items():
+            dW = W - W0[layer]  # (d_v, d_k)
+            direct = float(torch.sum((dW @ C0[layer]) * dW))
+            assert direct > 0 and recorded[str(layer)] == pytest.approx(direct, rel=1e-6, abs=1e-12)
+
+
 def test_run_bench_auto_stop(tmp_path, monkeypatch):
     scores = iter([0.9, 0.8, 0.1])  # pre-edit, after 1 edit, after 2 edits
     monkeypatch.setattr(health_mod, "run_probes", lambda *a, **k: _fake_probe_results(next(scores)))

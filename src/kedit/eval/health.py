@@ -3,7 +3,8 @@
 A :class:`HealthMonitor` captures, on the unedited model, the Frobenius norms of the edited weights,
 the perplexity of a fixed WikiText probe and (when probes are on) the general-capability probe
 scores of spec/metrics.md §5. After each batch, :meth:`HealthMonitor.check` reports the weight-norm
-growth ‖W‖/‖W₀‖, the probe perplexity and, every ``probe_every`` edits, the probe scores;
+growth ‖W‖/‖W₀‖, the probe perplexity, the preservation loss D(t) per edited layer (methods with
+key statistics, :class:`PreservationLoss`) and, every ``probe_every`` edits, the probe scores;
 :meth:`HealthMonitor.should_stop` says when the probes have collapsed below a fraction of their
 pre-edit level (the runner's ``auto_stop``).
 """
@@ -13,14 +14,14 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from kedit.errors import ConfigError, DataError, param_message
 from kedit.eval.probes import PROBES, compact, load_probe_set, mean_f1, run_probes
 
-__all__ = ["HealthMonitor", "wikitext_probe_ids", "perplexity"]
+__all__ = ["HealthMonitor", "PreservationLoss", "wikitext_probe_ids", "perplexity"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,49 @@ def perplexity(model, ids: Sequence[int]) -> float:
     return float(math.exp(float(nll)))
 
 
+class PreservationLoss:
+    """D(t) per edited layer on the model as it is now, for any method with ``layers`` and ``stats``.
+
+    D(t) = tr(E[kkᵀ] WᵀW) − 2 tr(E[vkᵀ] Wᵀ) + tr(E[vvᵀ]) is LyapLock's preservation loss
+    (LyapLock 2025 §3.1; spec/methods.md §6.2), the per-token ‖W k − W0 k‖² on the statistics'
+    keys.  LyapLock measures it for its queue; measuring it the same way for MEMIT, AlphaEdit, RECT,
+    PRUNE, … is what makes the paper's Fig. 4 comparison drawable.  The moments are taken once,
+    from the unedited weights, so each call costs one d_k×d_v×d_k product per layer.
+
+    Args:
+        model: the model being edited.
+        adapter: its architecture adapter (weight names and layout).
+        moments: ``{layer: (E[kkᵀ], E[vkᵀ], E[vvᵀ])}`` of the unedited model.
+    """
+
+    def __init__(self, model, adapter, moments: Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+        self.model, self.adapter = model, adapter
+        self.moments = dict(moments)
+
+    @classmethod
+    def for_editor(cls, editor) -> "PreservationLoss | None":
+        """The tracker of an :class:`~kedit.editor.Editor` whose config has ``layers`` and ``stats``
+        (the closed-form MEMIT family), else None; call it before the first edit (W0 is captured)."""
+        from kedit.methods.lyaplock import unedited_moments
+
+        cfg = editor.config
+        if not (hasattr(cfg, "layers") and hasattr(cfg, "stats")):
+            return None
+        stats = editor.ctx.stats(cfg.stats)
+        return cls(editor.model, editor.adapter, {layer: unedited_moments(editor.ctx, stats, layer)
+                                                  for layer in cfg.layers})
+
+    def __call__(self) -> dict[int, float]:
+        """``{layer: D(t)}`` for the current weights."""
+        from kedit.stages.lyaplock import preservation_loss
+
+        out = {}
+        for layer, (C0, VK, VV) in self.moments.items():
+            W = self.adapter.to_out_in(self.model.get_parameter(self.adapter.weight_name(layer)).detach())
+            out[layer] = preservation_loss(W, C0, VK, VV)
+        return out
+
+
 class HealthMonitor:
     """Per-batch health of a model being edited (weight-norm growth, WikiText perplexity, probes).
 
@@ -84,6 +128,8 @@ class HealthMonitor:
             probes, at their crossings).
         probe_data: pre-loaded probe items ``{task: items}`` (default: read from ``data_dir()/glue``).
         batch_size: prompts per forward pass for the probes.
+        preservation: called at every per-batch check for ``{layer: D(t)}`` (a
+            :class:`PreservationLoss`); None = not measured.
 
     Example:
         >>> from kedit.testing.tiny import tiny_model
@@ -97,7 +143,8 @@ class HealthMonitor:
     def __init__(self, model, tokenizer, *, layers_weight_names: Sequence[str], probe_every: int = 0,
                  probes: Sequence[str] = PROBES, probe_n: int = 100, ppl_text: str | None = None,
                  ppl_tokens: int = 512, stop_below: float | None = None, per_batch: bool = True,
-                 probe_data: Mapping[str, Sequence[Mapping[str, Any]]] | None = None, batch_size: int = 16):
+                 probe_data: Mapping[str, Sequence[Mapping[str, Any]]] | None = None, batch_size: int = 16,
+                 preservation: Callable[[], Mapping[int, float]] | None = None):
         owner = "HealthMonitor"
         if not isinstance(probe_every, int) or isinstance(probe_every, bool) or probe_every < 0:
             raise ConfigError(param_message("probe_every", owner, "an int >= 0", probe_every))
@@ -122,6 +169,7 @@ class HealthMonitor:
         self.per_batch = per_batch
         self.probes = tuple(probes)
         self.batch_size = batch_size
+        self.preservation = preservation
         self.last_edits = 0  # edit count at the previous check (the runner sets it when resuming)
 
         self.base_norms = {n: self._norm(n) for n in names}
@@ -163,14 +211,17 @@ class HealthMonitor:
         return self.probe_every > 0 and edits_so_far // self.probe_every > self.last_edits // self.probe_every
 
     def check(self, batch_index: int, edits_so_far: int) -> dict[str, Any]:
-        """Health after a batch: ``{batch, edits, weight_norm_growth, perplexity, seconds}`` plus, when
-        the edit count crosses a multiple of ``probe_every``, ``probes`` ({task: {accuracy, f1, mcc,
-        f1_new, invalid}}) and ``probe_mean_f1``."""
+        """Health after a batch: ``{batch, edits, weight_norm_growth, perplexity, seconds}`` (plus
+        ``preservation_loss`` {layer: D(t)} with a ``preservation`` tracker) and, when the edit count
+        crosses a multiple of ``probe_every``, ``probes`` ({task: {accuracy, f1, mcc, f1_new,
+        invalid}}) and ``probe_mean_f1``."""
         t0 = time.perf_counter()
         result: dict[str, Any] = {"batch": batch_index, "edits": edits_so_far}
         if self.per_batch:
             result["weight_norm_growth"] = self.weight_norm_growth()
             result["perplexity"] = self.perplexity()
+            if self.preservation is not None:
+                result["preservation_loss"] = dict(self.preservation())
         if self.is_crossing(edits_so_far):
             full = self.last_probes = self.run_probes()
             result["probes"] = compact(full)

@@ -63,6 +63,17 @@ class AlphaEdit(Memit):
     def initial_state(self, ctx: EditContext) -> dict[str, torch.Tensor]:
         return {}
 
+    def preservation_weight(self, layer: int, state) -> float:
+        """α (``l2``), the fixed regularisation weight of the projected system, so schedulers can scale it.
+
+        AlphaEdit has no λ: preservation is enforced by P, and α I is the only fixed weight that
+        holds the update back.  LyapLock's compatibility mode (``lyaplock+alphaedit``) scales it as
+        α → a·Z(t)·α.  This is a derived contract: spec/methods.md §6.4 gives the rule "host λ →
+        a·Z(t)·λ" for MEMIT/PRUNE/RECT hosts and the reference has no code for the compatibility
+        experiments.
+        """
+        return self.config.l2
+
     def compute(self, ctx, requests, state):
         cfg = self.config
         ctx.stats(cfg.stats).ensure(cfg.layers)
@@ -70,8 +81,8 @@ class AlphaEdit(Memit):
         new_state = dict(state)
 
         def solve(layer, K, R):
-            return alphaedit_delta(K, R, self.projector(ctx, layer), state.get(f"past_kk.{layer}"), cfg.l2,
-                                   what=f"AlphaEdit layer {layer}")
+            return alphaedit_delta(K, R, self.projector(ctx, layer), state.get(f"past_kk.{layer}"),
+                                   self.preservation_weight(layer, state), what=f"AlphaEdit layer {layer}")
 
         def remember_post_edit_keys():
             keys = compute_keys(ctx.model, ctx.tokenizer, ctx.adapter, requests, cfg.layers, templates)

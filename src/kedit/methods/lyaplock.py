@@ -18,7 +18,7 @@ from kedit.stages.lyaplock import advance_queue, lyaplock_delta, preservation_lo
 from kedit.stages.spread import spread_over_layers
 from kedit.stats.second_moment import value_moments
 
-__all__ = ["LyapLockConfig", "LyapLock"]
+__all__ = ["LyapLockConfig", "LyapLock", "unedited_moments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +68,7 @@ class LyapLock(Memit):
         info: dict[str, dict] = {"D": {}, "budget": {}, "Z": {}, "weight": {}}
 
         def solve(layer, K, R):
-            C0 = stats.C0(layer)
-            W0 = ctx.adapter.to_out_in(stats_weight(ctx, layer)).double()
-            VK, VV = value_moments(C0, W0)
+            C0, VK, VV = unedited_moments(ctx, stats, layer)
             W = ctx.adapter.to_out_in(params[ctx.adapter.weight_name(layer)].detach()).double()
             if first:
                 weight = cfg.mom2_update_weight
@@ -98,6 +96,17 @@ class LyapLock(Memit):
 def stats_weight(ctx, layer: int) -> torch.Tensor:
     """The UNEDITED rewrite weight W0 at ``layer`` (V0 = W0 K0 is tied to the statistics, §6.5)."""
     return ctx.base_weight(ctx.adapter.weight_name(layer))
+
+
+def unedited_moments(ctx, stats, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(E[kkᵀ], E[vkᵀ], E[vvᵀ]) of the unedited model at ``layer``, the three moments of D(t) (§6.2).
+
+    ``stats`` is the method's :class:`~kedit.stats.cache.StatsCache`; v = W0 k with W0 from
+    :func:`stats_weight`, so the moments stay tied to the weights the statistics were taken on.
+    """
+    C0 = stats.C0(layer)
+    W0 = ctx.adapter.to_out_in(stats_weight(ctx, layer)).double()
+    return (C0, *value_moments(C0, W0))
 
 
 register_method("lyaplock", LyapLockConfig, LyapLock,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from kedit.errors import DataError
+from kedit.runs.plots import _pyplot, _save
 
 __all__ = [
     "load_diagnostics",
@@ -85,15 +86,6 @@ def write_diagnostics(journal_path: str | Path, diagnostics: Sequence[dict[str, 
     return path
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _values(entries: Iterable[dict[str, Any]], key: str) -> list[float]:
     out = []
     for e in entries:
@@ -108,15 +100,6 @@ def _methods(diagnostics: Sequence[dict[str, Any]], methods: Sequence[str] | Non
     if methods is None:
         return sorted(present, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))
     return [m for m in methods if m in present]
-
-
-def _save(fig, plt, out_png: str | Path) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
 
 
 def plot_cosine_histograms(

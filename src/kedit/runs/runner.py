@@ -180,8 +180,9 @@ def run_bench(
         value_cache: a :class:`~kedit.methods.base.ValueCache` shared across runs on the same model
             (value targets already optimised on the same weights are reused).
         health_every_batch: sequential mode: after every batch record ``health`` in the journal line
-            (weight-norm growth ‖W‖/‖W₀‖ of the edited weights, perplexity of a fixed WikiText probe;
-            :class:`~kedit.eval.health.HealthMonitor`).
+            (weight-norm growth ‖W‖/‖W₀‖ of the edited weights, perplexity of a fixed WikiText probe and,
+            for methods with ``layers`` and ``stats``, the preservation loss D(t) per layer;
+            :class:`~kedit.eval.health.HealthMonitor`, :class:`~kedit.eval.health.PreservationLoss`).
         probe_every: sequential mode: run the general-capability probes (spec/metrics.md §5) before
             editing and whenever the edit count crosses a multiple of this (0 = never); the summary
             gets ``probes: {pre, final}`` and the run directory ``probes.png``.
@@ -405,13 +406,14 @@ def _health_monitor(editor, model, tokenizer, mode: str, health_every_batch: boo
     if mode != "sequential":
         raise ConfigError("run_bench: health monitoring (health_every_batch, probe_every, auto_stop) applies to "
                           f"sequential runs only. Got mode={mode!r}.")
-    from kedit.eval.health import HealthMonitor
+    from kedit.eval.health import HealthMonitor, PreservationLoss
 
     cfg = editor.config
     layers = list(cfg.layers) if hasattr(cfg, "layers") else [cfg.layer] if hasattr(cfg, "layer") else []
     names = [editor.adapter.weight_name(layer) for layer in layers]
+    preservation = PreservationLoss.for_editor(editor) if health_every_batch else None
     return HealthMonitor(model, tokenizer, layers_weight_names=names, probe_every=probe_every, probe_n=probe_n,
-                         stop_below=auto_stop, per_batch=health_every_batch)
+                         stop_below=auto_stop, per_batch=health_every_batch, preservation=preservation)
 
 
 def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Path, stopped_at, done_requests,

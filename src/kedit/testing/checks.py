@@ -62,8 +62,9 @@ _TARGET = {"steps": 4, "context_templates": [[5, 1]]}
 #: eigenvalue of E[kkᵀ] is below the absolute 2e-2, which would make P the identity.
 CHEAP_CONFIGS: dict[str, dict[str, Any]] = {
     "memit": {"layers": [1, 2], "stats": _STATS, "target": _TARGET},
-    "alphaedit": {"layers": [1, 2], "nullspace_threshold": 1e-2, "relative_threshold": True, "l2": 1.0,
-                  "stats": _STATS, "target": _TARGET},
+    **{name: {"layers": [1, 2], "nullspace_threshold": 1e-2, "relative_threshold": True, "l2": 1.0,
+              "stats": _STATS, "target": _TARGET}
+       for name in ("alphaedit", "lyaplock+alphaedit")},
     "rome": {"layer": 1, "stats": _STATS, "target": _TARGET},
     "ft": {"layer": 1, "steps": 4},
     "critical_path": {"epochs": 3, "topk": 4},

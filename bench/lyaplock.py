@@ -1,0 +1,104 @@
+"""LyapLock against the sequential baselines on CounterFact (benchmark; LyapLock 2025 Table 1, Fig. 3/4).
+
+Every method edits the same ``--n`` CounterFact facts sequentially, in batches of ``--batch-size``,
+on the embedded model, and is scored once on the final weights.  Health is recorded after every
+batch (weight-norm growth, WikiText perplexity and the preservation loss D(t) per edited layer, the
+quantity LyapLock keeps under its budget αD₀), the general-capability probes every
+``--probe-every`` edits.  One process, one model, one ValueCache: value targets optimised on the
+unedited weights (every method's first batch) are computed once.
+
+Batch size 10 (not the paper's 100): the paper edits Llama3-8B, whose down_proj keys have
+d_k = 14336 dimensions, in batches of 100; SmolLM2-135M's have d_k = 1536.  A batch of 10 keeps
+each batch's update rank as small a share of the key space (10/1536 ≈ 0.65 %, 100/14336 ≈ 0.70 %),
+so the sequential regime, many low-rank updates accumulating, is the same one; batches of 100
+would write a rank-100 update into a 1536-dim space and make every batch a large, early shock.
+
+Writes under ``--out``: one run directory per method (``summary.json``, ``journal.jsonl``, ...),
+``table.json`` (rewritten after each method: metrics, pre-edit metrics, fluency, timing, LyapLock
+budget ratios, final D(t) and probes), ``preservation_loss.png`` (max over layers of D(t) per
+method, log scale, LyapLock budgets dashed) and ``probes.png`` (mean probe F1 against edits).
+
+    python bench/lyaplock.py --n 1000 --batch-size 10 --out bench/results/lyaplock
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import kedit
+from kedit.data import load_counterfact
+from kedit.eval.probes import compact, mean_f1
+from kedit.methods.base import ValueCache
+from kedit.paths import data_dir
+from kedit.runs.plots import plot_preservation_comparison, plot_probe_comparison, preservation_series
+from kedit.runs.runner import run_bench
+
+METHODS = ("memit", "alphaedit", "rect", "prune", "lyaplock", "lyaplock+memit", "lyaplock+rect", "lyaplock+prune",
+           "lyaplock+alphaedit")
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="CounterFact records edited (the first n).")
+    ap.add_argument("--batch-size", type=int, default=10, help="Edits per batch (see the module docstring).")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), help="Presets to compare, in this order.")
+    ap.add_argument("--probe-every", type=int, default=100, help="Run the probes every this many edits (0 = never).")
+    ap.add_argument("--probe-n", type=int, default=100, help="Items per probe task.")
+    ap.add_argument("--out", default="bench/results/lyaplock", help="Output folder.")
+    return ap.parse_args()
+
+
+def _row(summary: dict[str, Any], journal: Path, wall_seconds: float) -> dict[str, Any]:
+    """The table entry of one method's run."""
+    probes = summary.get("probes") or {}
+    final = probes.get("final")
+    D = preservation_series(journal)
+    return {
+        "metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"], "fluency": summary["fluency"],
+        "timing": {**summary["timing"], "wall_seconds": wall_seconds},
+        "lyaplock": summary.get("lyaplock"),
+        "preservation_loss_final": D[-1]["D"] if D else None,
+        "probes": {"pre_mean_f1": mean_f1(probes["pre"]) if probes.get("pre") else None,
+                   "final_mean_f1": mean_f1(final) if final else None,
+                   "final": compact(final) if final else None},
+    }
+
+
+def _write_outputs(out: Path, args: argparse.Namespace, table: dict[str, Any]) -> None:
+    """table.json and the two comparison plots, from every method finished so far."""
+    settings = {k: getattr(args, k) for k in ("n", "batch_size", "probe_every", "probe_n")}
+    (out / "table.json").write_text(json.dumps({**settings, "runs": table}, indent=1) + "\n", encoding="utf-8")
+    journals = {method: out / method / "journal.jsonl" for method in table}
+    plot_preservation_comparison(journals, out / "preservation_loss.png")
+    plot_probe_comparison(journals, out / "probes.png",
+                          pre={m: row["probes"]["pre_mean_f1"] for m, row in table.items()})
+
+
+def main() -> None:
+    args = _args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = kedit.load_model()
+    data = data_dir() / "counterfact" / "counterfact-edit.json"
+    requests = load_counterfact(data, n=args.n)
+    cache = ValueCache()
+    table: dict[str, Any] = {}
+    for method in args.methods:
+        start = time.perf_counter()
+        run_dir = out / method
+        summary = run_bench(model, tok, method=method, requests=requests, dataset="counterfact",
+                            batch_size=args.batch_size, mode="sequential", out_dir=run_dir, data_path=data,
+                            progress=False, save_edits=False, value_cache=cache, health_every_batch=True,
+                            probe_every=args.probe_every, probe_n=args.probe_n)
+        table[method] = _row(summary, run_dir / "journal.jsonl", time.perf_counter() - start)
+        _write_outputs(out, args, table)
+        m = summary["metrics"]
+        print(f"{method:20s} eff {m['efficacy']:.3f} gen {m['generalization']:.3f} spe {m['specificity']:.3f} "
+              f"s/edit {summary['timing']['seconds_per_edit']:.2f} budget {summary.get('lyaplock')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

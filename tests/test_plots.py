@@ -1,0 +1,56 @@
+"""Journal plots compared across methods (LyapLock Fig. 3/4), from synthetic journals."""
+from __future__ import annotations
+
+import json
+
+from kedit.runs.plots import plot_preservation_comparison, plot_probe_comparison, preservation_series
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _journal(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _probes(f1):
+    return {"sst2": {"accuracy": f1, "f1": f1}, "rte": {"accuracy": f1, "f1": f1 / 2}}
+
+
+def _synthetic(tmp_path):
+    """memit: health D(t) and probes; lyaplock: queue info and health D(t); ft: neither."""
+    memit = _journal(tmp_path / "memit.jsonl", [
+        {"batch": b, "n_requests": 10, "health": {"preservation_loss": {"4": 0.1 * 3 ** b, "5": 0.2 * 3 ** b},
+                                                  **({"probes": _probes(0.8 - 0.2 * b)} if b % 2 else {})}}
+        for b in range(4)])
+    lyaplock = _journal(tmp_path / "lyaplock.jsonl", [
+        {"batch": b, "n_requests": 10,
+         "info": {"lyaplock": {"D": {"4": 0.01 * (b + 1), "5": 0.02}, "budget": {"4": 0.6, "5": 1.2},
+                               "Z": {"4": 1.0, "5": 1.0}, "weight": {"4": 1000.0, "5": 1000.0}}},
+         "health": {"preservation_loss": {"4": 0.011 * (b + 1), "5": 0.021}}}
+        for b in range(4)])
+    ft = _journal(tmp_path / "ft.jsonl", [{"batch": 0, "n_requests": 10, "health": {"perplexity": 3.0}}])
+    return {"memit": memit, "lyaplock": lyaplock, "ft": ft}
+
+
+def test_preservation_series_prefers_the_health_measurement(tmp_path):
+    journals = _synthetic(tmp_path)
+    rows = preservation_series(journals["lyaplock"])
+    assert [r["edits"] for r in rows] == [10, 20, 30, 40]
+    assert rows[1]["D"] == {4: 0.022, 5: 0.021} and rows[1]["budget"] == {4: 0.6, 5: 1.2}
+    assert preservation_series(journals["memit"])[2] == {"edits": 30, "D": {4: 0.9, 5: 1.8}, "budget": None}
+    assert preservation_series(journals["ft"]) == []
+    queue_only = _journal(tmp_path / "queue.jsonl", [{"n_requests": 5, "info": {"lyaplock": {"D": {"1": 2.0},
+                                                                                            "budget": {"1": 3.0}}}}])
+    assert preservation_series(queue_only) == [{"edits": 5, "D": {1: 2.0}, "budget": {1: 3.0}}]
+
+
+def test_comparison_plots_write_pngs(tmp_path):
+    journals = _synthetic(tmp_path)
+    out = plot_preservation_comparison(journals, tmp_path / "out" / "preservation_loss.png")
+    assert out.read_bytes().startswith(_PNG) and out.stat().st_size > 1000
+    out = plot_probe_comparison(journals, tmp_path / "out" / "probes.png", pre={"memit": 0.7, "ft": None})
+    assert out.read_bytes().startswith(_PNG) and out.stat().st_size > 1000
+    assert plot_preservation_comparison({"ft": journals["ft"]}, tmp_path / "none.png") is None
+    assert plot_probe_comparison({"lyaplock": journals["lyaplock"]}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
