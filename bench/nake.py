@@ -42,8 +42,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--runs", nargs="*", default=list(RUNS))
     ap.add_argument("--sweep", action="store_true", help="Also run fixed weights λ_e = 1, λ_p ∈ {1, 2, 5, 10}.")
-    ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "smollm2" / "unke.yaml"),
-                    help="YAML overrides merged into every run's config ('' = class defaults).")
+    ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "smollm2" / "unke-facts.yaml"),
+                    help="YAML overrides merged into every run's config ('' = class defaults). The default is "
+                         "the short-answer setting: unke.yaml's long-answer budget overwrites the block.")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
     ap.add_argument("--out", default="bench/results/nake")
     args = ap.parse_args()

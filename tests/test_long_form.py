@@ -1,8 +1,11 @@
 """Long-form editing stages: windows, Matryoshka weights, affinity, block replay, shifts, writers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -258,3 +261,17 @@ def test_long_form_config_errors():
         Editor(model, tok, "muke", {"matryoshka": {"affinity_order": "sideways"}})
     with pytest.raises(ConfigError, match="window_siz"):
         Editor(model, tok, "anyedit", {"window_siz": 3})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "bench" / "configs" / "smollm2").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_smollm2_bench_configs_resolve(path):
+    """Each shipped SmolLM2 setting names its preset (file stem, '-facts' for short answers) and
+    every key in it is a real config field with the value written (a typo would be an error)."""
+    from kedit.methods.registry import build_config
+
+    overrides = yaml.safe_load(path.read_text())
+    cfg = build_config(path.stem.removesuffix("-facts"), overrides, model_type="llama", n_layers=30).to_dict()
+    for key, value in overrides.items():
+        expected = {**cfg[key], **value} if isinstance(value, dict) else value
+        assert cfg[key] == expected, (path.name, key)
