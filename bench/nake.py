@@ -32,8 +32,16 @@ SWEEP = (1.0, 2.0, 5.0, 10.0)
 
 
 def _conflict_rate(diagnostics) -> float | None:
+    """Share of steps whose raw gradients conflict, cos(g_p, g_e) < 0 (a property of the loss landscape)."""
     cos = [d["cos_pe"] for d in diagnostics if d.get("cos_pe") is not None]
     return sum(c < 0 for c in cos) / len(cos) if cos else None
+
+
+def _update_conflict_rate(diagnostics) -> float | None:
+    """Share of steps whose applied direction g works against a player, cos(g, g_p) < 0 or cos(g, g_e) < 0:
+    the conflict NaKE's Figure 2 shows the bargaining removes (its Λ > 0 keeps both cosines positive)."""
+    rows = [d for d in diagnostics if d.get("cos_gp") is not None and d.get("cos_ge") is not None]
+    return sum(d["cos_gp"] < 0 or d["cos_ge"] < 0 for d in rows) / len(rows) if rows else None
 
 
 def main() -> None:
@@ -71,7 +79,8 @@ def main() -> None:
         diagnostics = load_diagnostics(out / name / "journal.jsonl")
         table[name] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                        "fluency": summary["fluency"], "timing": summary["timing"],
-                       "conflict_rate": _conflict_rate(diagnostics), "wall_seconds": time.perf_counter() - start}
+                       "conflict_rate": _conflict_rate(diagnostics),
+                       "update_conflict_rate": _update_conflict_rate(diagnostics), "wall_seconds": time.perf_counter() - start}
         m = summary["metrics"]
         if name.startswith("fixed_p") or name == "nake":
             sweep.append({"method": "nake" if name == "nake" else "fixed",
@@ -80,6 +89,7 @@ def main() -> None:
         (out / "table.json").write_text(json.dumps({"dataset": args.dataset, "n": args.n, "runs": table}, indent=1))
         print(f"{name:20s} edit {m['edit_succ']:.3f} port {m['portability'] or 0:.3f} loc {m['locality'] or 0:.3f} "
               f"flu {summary['fluency']['post'] or 0:.3f} conflicts {table[name]['conflict_rate']} "
+              f"update conflicts {table[name]['update_conflict_rate']} "
               f"s/edit {summary['timing']['seconds_per_edit']:.1f}", flush=True)
     journals = [out / n / "journal.jsonl" for n in ("unke", "nake") if (out / n / "journal.jsonl").exists()]
     if journals:
