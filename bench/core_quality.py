@@ -13,13 +13,10 @@ import argparse
 import json
 import resource
 import time
-from pathlib import Path
 
-import kedit
-from kedit.data import load_counterfact
-from kedit.methods.base import ValueCache
-from kedit.paths import data_dir
 from kedit.runs.runner import run_bench
+
+from _counterfact_run import counterfact_run
 
 RUNS = (("memit", "independent"), ("alphaedit", "independent"), ("rome", "independent"), ("ft", "independent"),
         ("memit", "sequential"), ("alphaedit", "sequential"), ("ft", "sequential"), ("lyaplock", "sequential"),
@@ -33,12 +30,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/core")
     ap.add_argument("--runs", nargs="*", default=[f"{m}:{mode}" for m, mode in RUNS])
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tok = kedit.load_model()
-    data = data_dir() / "counterfact" / "counterfact-edit.json"
-    requests = load_counterfact(data, n=args.n)
-    cache = ValueCache()
+    out, model, tok, data, requests, cache = counterfact_run(args.out, args.n)
     table = {}
     for spec in args.runs:
         method, mode = spec.split(":")

@@ -28,13 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kedit
-from kedit.data import load_counterfact
 from kedit.eval.probes import compact, mean_f1
-from kedit.methods.base import ValueCache
-from kedit.paths import data_dir
 from kedit.runs.plots import plot_preservation_comparison, plot_probe_comparison, preservation_series
 from kedit.runs.runner import run_bench
+
+from _counterfact_run import counterfact_run
 
 METHODS = ("memit", "alphaedit", "rect", "prune", "lyaplock", "lyaplock+memit", "lyaplock+rect", "lyaplock+prune",
            "lyaplock+alphaedit")
@@ -79,12 +77,7 @@ def _write_outputs(out: Path, args: argparse.Namespace, table: dict[str, Any]) -
 
 def main() -> None:
     args = _args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tok = kedit.load_model()
-    data = data_dir() / "counterfact" / "counterfact-edit.json"
-    requests = load_counterfact(data, n=args.n)
-    cache = ValueCache()
+    out, model, tok, data, requests, cache = counterfact_run(args.out, args.n)
     table: dict[str, Any] = {}
     for method in args.methods:
         start = time.perf_counter()
