@@ -5,6 +5,7 @@ Figure 5).
 
     python bench/long_form.py --n 100 --per-domain 5 --out bench/results/long_form
 
+Edits are independent: tables over disjoint slices (``--start``, ``--domain-start``) pool exactly.
 Answers longer than --max-answer-tokens are cut (CPU budget; the reference edits them whole).
 """
 from __future__ import annotations
@@ -36,12 +37,13 @@ def _truncate(requests, tok, max_tokens: int):
     return out
 
 
-def _per_domain(requests, k: int):
+def _per_domain(requests, k: int, skip: int = 0):
+    """Records ``skip .. skip+k`` of each domain, in file order."""
     seen: dict[str, int] = {}
     out = []
     for r in requests:
-        if seen.get(r.domain, 0) < k:
-            seen[r.domain] = seen.get(r.domain, 0) + 1
+        index = seen[r.domain] = seen.get(r.domain, 0) + 1
+        if skip < index <= skip + k:
             out.append(r)
     return out
 
@@ -75,8 +77,11 @@ def plot_length(cases_by_method: dict[str, list[tuple[int, float]]], path: Path)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100, help="UnKEBench records (from the first).")
+    ap.add_argument("--n", type=int, default=100, help="UnKEBench records (from --start).")
+    ap.add_argument("--start", type=int, default=0, help="First UnKEBench record.")
     ap.add_argument("--per-domain", type=int, default=5, help="EditEverything records per domain (0 = skip).")
+    ap.add_argument("--domain-start", type=int, default=0,
+                    help="Skip this many EditEverything records of each domain first.")
     ap.add_argument("--max-answer-tokens", type=int, default=128)
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--configs", default=str(Path(__file__).parent / "configs" / "smollm2"),
@@ -96,11 +101,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tok = kedit.load_model()
     datasets = {"unkebench": (data_dir() / "unke" / "final_data_v2.json",
-                              _truncate(load_unkebench(data_dir() / "unke" / "final_data_v2.json", n=args.n), tok,
+                              _truncate(load_unkebench(data_dir() / "unke" / "final_data_v2.json", n=args.n,
+                                                             start=args.start), tok,
                                         args.max_answer_tokens))}
     if args.per_domain:
         path = data_dir() / "editeverything" / "editevery.json"
-        datasets["editeverything"] = (path, _truncate(_per_domain(load_editeverything(path), args.per_domain), tok,
+        datasets["editeverything"] = (path, _truncate(_per_domain(load_editeverything(path), args.per_domain, skip=args.domain_start), tok,
                                                       args.max_answer_tokens))
     table: dict[str, dict] = {}
     lengths: dict[str, list[tuple[int, float]]] = {}
@@ -119,7 +125,8 @@ def main() -> None:
             lengths.setdefault(method, []).extend(
                 (len(tok(by_id[c["id"]].target_new, add_special_tokens=False)["input_ids"]), c["original"]["bleu"])
                 for c in cases)
-            (out / "table.json").write_text(json.dumps({"max_answer_tokens": args.max_answer_tokens, "runs": table},
+            (out / "table.json").write_text(json.dumps({"max_answer_tokens": args.max_answer_tokens, "start": args.start,
+                                                        "domain_start": args.domain_start, "runs": table},
                                                        indent=1))
             m = summary["metrics"]
             print(f"{name:15s} {method:13s} BLEU {m['bleu']['original']:.3f}/{m['bleu']['paraphrase'] or 0:.3f} "

@@ -49,6 +49,19 @@ def _args() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def _time_breakdown(journal: Path) -> dict[str, float]:
+    """Where a run's time went, from its journal: editing (value optimisation, the rest of the edit:
+    keys, solves, queue) and per-batch health (perplexity, D(t), probes)."""
+    edit = value = health = 0.0
+    for line in journal.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        edit += record["seconds"]
+        value += (record.get("info") or {}).get("value_seconds") or 0.0
+        health += (record.get("health") or {}).get("seconds") or 0.0
+    return {"edit_seconds": edit, "value_seconds": value, "value_share": value / edit if edit else None,
+            "health_seconds": health}
+
+
 def _row(summary: dict[str, Any], journal: Path, wall_seconds: float) -> dict[str, Any]:
     """The table entry of one method's run."""
     probes = summary.get("probes") or {}
@@ -56,7 +69,7 @@ def _row(summary: dict[str, Any], journal: Path, wall_seconds: float) -> dict[st
     D = preservation_series(journal)
     return {
         "metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"], "fluency": summary["fluency"],
-        "timing": {**summary["timing"], "wall_seconds": wall_seconds},
+        "timing": {**summary["timing"], "wall_seconds": wall_seconds, **_time_breakdown(journal)},
         "lyaplock": summary.get("lyaplock"),
         "preservation_loss_final": D[-1]["D"] if D else None,
         "probes": {"pre_mean_f1": mean_f1(probes["pre"]) if probes.get("pre") else None,

@@ -4,6 +4,9 @@ diagnostics (NaKE Figures 2–3) and an optional fixed-weight sweep (Figure 4).
 
     python bench/nake.py --dataset zsre --n 200 --out bench/results/nake_zsre
     python bench/nake.py --dataset counterfact --n 200 --sweep --out bench/results/nake_cf
+
+Edits are independent, so a table over records 0-99 and one over 100-199 (``--start 100``) pool into
+the 200-record table exactly (means weighted by n).
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", choices=sorted(FILES), default="zsre")
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--start", type=int, default=0,
+                    help="First record. Independent edits: tables of slices pool exactly by their n.")
     ap.add_argument("--runs", nargs="*", default=list(RUNS))
     ap.add_argument("--sweep", action="store_true", help="Also run fixed weights λ_e = 1, λ_p ∈ {1, 2, 5, 10}.")
     ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "smollm2" / "unke-facts.yaml"),
@@ -63,7 +68,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tok = kedit.load_model()
     path = data_dir() / FILES[args.dataset]
-    requests = load_requests(args.dataset, path, n=args.n)
+    requests = load_requests(args.dataset, path, n=args.n, start=args.start)
     runs = {k: RUNS[k] for k in args.runs}
     if args.sweep:
         for lam in SWEEP:
@@ -86,7 +91,8 @@ def main() -> None:
             sweep.append({"method": "nake" if name == "nake" else "fixed",
                           "lambda_p": merged["fit"].get("fixed_weights", [None])[0], "lambda_e": 1.0,
                           "edit_succ": m["edit_succ"], "locality": m["locality"], "portability": m["portability"]})
-        (out / "table.json").write_text(json.dumps({"dataset": args.dataset, "n": args.n, "runs": table}, indent=1))
+        (out / "table.json").write_text(json.dumps({"dataset": args.dataset, "n": args.n, "start": args.start,
+                                                      "runs": table}, indent=1))
         print(f"{name:20s} edit {m['edit_succ']:.3f} port {m['portability'] or 0:.3f} loc {m['locality'] or 0:.3f} "
               f"flu {summary['fluency']['post'] or 0:.3f} conflicts {table[name]['conflict_rate']} "
               f"update conflicts {table[name]['update_conflict_rate']} "

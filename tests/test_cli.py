@@ -120,6 +120,7 @@ def test_bench_journal_has_one_line_per_batch(runs, mode):
     assert [x["batch"] for x in lines] == [0, 1]
     assert [x["request_ids"] for x in lines] == [[0, 1], [2, 3]]
     assert all(x["seconds"] > 0 and x["info"]["value_steps"] for x in lines)
+    assert all(0 < x["info"]["value_seconds"] <= x["seconds"] for x in lines)  # the value share of the batch
     assert not any("fingerprint" in key for x in lines for key in x)
 
 

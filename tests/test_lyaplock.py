@@ -159,3 +159,37 @@ def test_lyaplock_prune_restrains_after_the_last_batch(tmp_path):
         expected = W0[n] + prune_restrain(now[n] - W0[n], W0[n])
         assert torch.allclose(to_out_in(model.get_parameter(n).detach()).double(), expected, atol=1e-5)
     editor.revert()
+
+
+def test_prune_run_journals_the_restrained_weights(tmp_path, monkeypatch):
+    """A sequential ``lyaplock+prune`` run with per-batch health ends with a ``finalize`` journal line:
+    no request, D(t) of the restrained weights (the ones evaluated), and ``final_budget_ratio`` taken
+    from it rather than from the last queue step.  The tiny edits never exceed σ_max(W0), so the
+    restraint is replaced by ΔW′ = ΔW/2: D = tr(ΔW C0 ΔWᵀ) must then drop to exactly a quarter."""
+    import json
+
+    import kedit.methods.prune
+    from kedit.runs.runner import run_bench
+
+    monkeypatch.setattr(kedit.methods.prune, "prune_restrain", lambda delta, W0: delta / 2)
+
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    summary = run_bench(model, tok, method="lyaplock+prune", requests=tiny_requests(), dataset="counterfact",
+                        batch_size=1, mode="sequential", out_dir=tmp_path / "run",
+                        config=cheap_config("lyaplock+prune", corpus), cache_dir=tmp_path / "cache",
+                        progress=False, health_every_batch=True)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "journal.jsonl").read_text().splitlines()]
+    assert [r.get("finalize", False) for r in lines] == [False, False, False, True]
+    last = lines[-1]
+    assert last["n_requests"] == 0 and last["health"]["edits"] == 3
+    before = lines[-2]["health"]["preservation_loss"]
+    after = last["health"]["preservation_loss"]
+    assert set(after) == set(before)
+    for k in after:
+        assert after[k] == pytest.approx(before[k] / 4, rel=1e-4)
+    budget = {k: v for k, v in lines[-2]["info"]["lyaplock"]["budget"].items()}
+    expected = max(after[k] / budget[k] for k in after)
+    assert summary["lyaplock"]["final_budget_ratio"] == pytest.approx(expected)
+    assert summary["lyaplock"]["before_finalize_budget_ratio"] == pytest.approx(
+        max(lines[-2]["info"]["lyaplock"]["D"][k] / budget[k] for k in budget))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any, Sequence
 
 import torch
@@ -178,10 +179,13 @@ class EditContext:
                site: str = "block"):
         """Value targets, reused from ``value_cache`` when the same request was optimised on the
         same weights with the same options (independent editing recomputes nothing)."""
+        start = time.perf_counter()
         if self.value_cache is None:
-            return optimise_values(self.model, self.tokenizer, self.adapter, requests, templates, options,
-                                   layer=layer, site=site)
-        return self.value_cache.get_or_compute(self, requests, templates, options, layer=layer, site=site)
+            result = optimise_values(self.model, self.tokenizer, self.adapter, requests, templates, options,
+                                     layer=layer, site=site)
+        else:
+            result = self.value_cache.get_or_compute(self, requests, templates, options, layer=layer, site=site)
+        return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
     def templates(self, spec: list[list[int]], seed: int) -> list[str]:
         """Context templates generated once per (spec, seed) from the unedited model."""

@@ -59,7 +59,8 @@ class Memit(EditMethod):
 
         deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,
                                     cfg.layers, solve)
-        return deltas, state, {"value_loss": values.loss, "value_steps": values.steps}
+        return deltas, state, {"value_loss": values.loss, "value_steps": values.steps,
+                               "value_seconds": round(values.seconds, 6)}
 
 
 register_method("memit", MemitConfig, Memit, summary="Mass-editing closed form over several MLP layers (Meng et al. 2023).",

@@ -58,7 +58,14 @@ def budget_summary(journal: str | Path) -> dict[str, float] | None:
     if not rows:
         return None
     ratios = [[row["D"][layer] / row["budget"][layer] for layer in row["D"]] for row in rows]
-    return {"max_budget_ratio": max(max(r) for r in ratios), "final_budget_ratio": max(ratios[-1])}
+    summary = {"max_budget_ratio": max(max(r) for r in ratios), "final_budget_ratio": max(ratios[-1])}
+    *_, (_, last) = _records(journal)
+    after = (last.get("health") or {}).get("preservation_loss") if last.get("finalize") else None
+    if after:  # an end-of-stream correction (PRUNE) changed the weights after the last queue step
+        budget = rows[-1]["budget"]
+        summary["final_budget_ratio"] = max(D / budget[layer] for layer, D in _by_layer(after).items())
+        summary["before_finalize_budget_ratio"] = max(ratios[-1])
+    return summary
 
 
 def plot_budget(journal: str | Path, out_png: str | Path) -> Path | None:

@@ -327,9 +327,12 @@ def run_bench(
             t0 = time.perf_counter()
             final = editor.finalize()
             if final is not None:
-                edit_seconds += time.perf_counter() - t0
+                finalize_seconds = time.perf_counter() - t0
+                edit_seconds += finalize_seconds
                 merged = merged.merge(final)
                 batch_metas.append({"finalize": True})
+                _journal_finalize(journal_path, final, finalize_seconds, monitor, len(batches),
+                                  len(done_requests))
             t1 = time.perf_counter()
             with torch.no_grad():
                 result = _evaluate(done_requests, pre)
@@ -389,6 +392,18 @@ def run_bench(
     _write_json(out / "summary.json", summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
     return summary
+
+
+def _journal_finalize(journal_path: Path, final, seconds: float, monitor, n_batches: int, edits: int) -> None:
+    """One journal line for the end-of-stream correction (PRUNE's restraint), with the health after
+    it, so D(t) and the weight norms have a point on the weights that are actually evaluated.  It
+    edits no request (``n_requests`` 0), so the edit counts of the plots stay as they were."""
+    record: dict[str, Any] = {"batch": n_batches, "finalize": True, "n_requests": 0, "request_ids": [],
+                              "seconds": round(seconds, 6), "method": final.method, "tensors": list(final.names())}
+    if monitor is not None and monitor.per_batch:
+        record["health"] = _jsonable(monitor.check(n_batches, edits))
+    with open(journal_path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=str) + "\n")
 
 
 def _health_monitor(editor, model, tokenizer, mode: str, health_every_batch: bool, probe_every: int, probe_n: int,

@@ -48,6 +48,7 @@ class ValueResult:
     loss: list[float]  # final loss per request
     nll: list[float]
     steps: list[int]  # optimisation steps taken per request
+    seconds: float = 0.0  # wall time of the optimisation (0 when reused from a cache)
 
 
 @dataclasses.dataclass
