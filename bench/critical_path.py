@@ -13,7 +13,9 @@ Two consecutive-editing protocols:
 ``--sweep`` adds critical_path stream runs over |T⁺| = N ∈ {5, 15, 30} × λ ∈ {0, 0.1, 0.5}.  Metrics are
 fractions (papers report ×100): zsRE efficacy / generalization / specificity (token accuracy against
 the answers) and locality_pre (argmax agreement with the unedited model, PAC's Locality); CounterFact
-efficacy / generalization / specificity (probability comparisons).  Writes one JSON table
+efficacy / generalization / specificity (probability comparisons).  Stream runs of critical_path also
+report ``path_reuse``: per batch, the share of its critical nodes an earlier batch had already trained.
+Writes one JSON table
 (``--out``), one run directory per stream run next to it, and the node-importance plot of the
 ``epochs`` run.
 
@@ -50,14 +52,37 @@ def _evaluate(dataset, model, tok, requests, pre):
         return evaluate_counterfact(model, tok, requests)
 
 
+def path_reuse(journal: Path) -> list[float]:
+    """Per batch of a critical_path stream run: the share of its final T⁺ nodes (keys and values, all
+    layers) that an earlier batch had already selected.  High reuse means later edits train the same
+    neurons as earlier ones, the interference that consecutive editing suffers from."""
+    seen: dict[tuple[str, str], set[int]] = {}
+    out = []
+    for line in journal.read_text(encoding="utf-8").splitlines():
+        paths = json.loads(line)["info"]["critical_path"]["paths"]
+        total = hits = 0
+        for kind in ("pos_key", "pos_value"):
+            for layer, index in paths[kind].items():
+                earlier = seen.setdefault((kind, layer), set())
+                total += len(index)
+                hits += sum(i in earlier for i in index)
+                earlier.update(index)
+        out.append(hits / total if total else 0.0)
+    return out
+
+
 def _stream(model, tok, method, config, requests, args, data, out: Path) -> dict:
     start = time.perf_counter()
     summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset, batch_size=args.batch,
                         mode="sequential", out_dir=out, config=config, data_path=data, progress=False,
                         save_edits=False, run_args={"bench": "critical_path", "config": config})
-    return {"protocol": "stream", "method": method, "config": config, "metrics": summary["metrics"],
-            "pre_metrics": summary["pre_metrics"], "timing": summary["timing"],
-            "wall_seconds": time.perf_counter() - start}
+    row = {"protocol": "stream", "method": method, "config": config, "metrics": summary["metrics"],
+           "pre_metrics": summary["pre_metrics"], "timing": summary["timing"], "fluency": summary["fluency"],
+           "wall_seconds": time.perf_counter() - start}
+    if method == "critical_path":
+        reuse = path_reuse(out / "journal.jsonl")
+        row["path_reuse"] = {"per_batch": reuse, "mean_after_first": sum(reuse[1:]) / max(len(reuse) - 1, 1)}
+    return row
 
 
 def _epochs(model, tok, requests, args, config, out: Path) -> dict:
