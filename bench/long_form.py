@@ -106,8 +106,8 @@ def main() -> None:
                                         args.max_answer_tokens))}
     if args.per_domain:
         path = data_dir() / "editeverything" / "editevery.json"
-        datasets["editeverything"] = (path, _truncate(_per_domain(load_editeverything(path), args.per_domain, skip=args.domain_start), tok,
-                                                      args.max_answer_tokens))
+        chosen = _per_domain(load_editeverything(path), args.per_domain, skip=args.domain_start)
+        datasets["editeverything"] = (path, _truncate(chosen, tok, args.max_answer_tokens))
     table: dict[str, dict] = {}
     lengths: dict[str, list[tuple[int, float]]] = {}
     for name, (path, requests) in datasets.items():

@@ -92,8 +92,7 @@ class AlphaEdit(Memit):
 
         deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,
                                     cfg.layers, solve, after_all=remember_post_edit_keys)
-        return deltas, new_state, {"value_loss": values.loss, "value_steps": values.steps,
-                                   "value_seconds": round(values.seconds, 6)}
+        return deltas, new_state, values.meta()
 
 
 register_method("alphaedit", AlphaEditConfig, AlphaEdit,

@@ -90,8 +90,7 @@ class LyapLock(Memit):
         deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,
                                     cfg.layers, solve)
         new["t"] = state["t"] + 1
-        return deltas, new, {"value_loss": values.loss, "value_steps": values.steps,
-                             "value_seconds": round(values.seconds, 6), "lyaplock": info}
+        return deltas, new, {**values.meta(), "lyaplock": info}
 
 
 def stats_weight(ctx, layer: int) -> torch.Tensor:

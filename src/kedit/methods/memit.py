@@ -59,8 +59,7 @@ class Memit(EditMethod):
 
         deltas = spread_over_layers(ctx.model, ctx.tokenizer, ctx.adapter, requests, templates, values.z,
                                     cfg.layers, solve)
-        return deltas, state, {"value_loss": values.loss, "value_steps": values.steps,
-                               "value_seconds": round(values.seconds, 6)}
+        return deltas, state, values.meta()
 
 
 register_method("memit", MemitConfig, Memit, summary="Mass-editing closed form over several MLP layers (Meng et al. 2023).",

@@ -311,8 +311,7 @@ def run_bench(
                                         monitor.pre_mean_f1())
                             record["auto_stopped"] = True
                             stopped_at, done_requests = index, requests[:edits_so_far]
-                with open(journal_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record, default=str) + "\n")
+                _append_journal(journal_path, record)
                 log.info("batch %d/%d: %d edit(s) in %.2f s", index + 1, len(batches), len(batch), seconds)
                 if stopped_at is not None:
                     break
@@ -402,6 +401,10 @@ def _journal_finalize(journal_path: Path, final, seconds: float, monitor, n_batc
                               "seconds": round(seconds, 6), "method": final.method, "tensors": list(final.names())}
     if monitor is not None and monitor.per_batch:
         record["health"] = _jsonable(monitor.check(n_batches, edits))
+    _append_journal(journal_path, record)
+
+
+def _append_journal(journal_path: Path, record: dict[str, Any]) -> None:
     with open(journal_path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, default=str) + "\n")
 

@@ -48,7 +48,11 @@ class ValueResult:
     loss: list[float]  # final loss per request
     nll: list[float]
     steps: list[int]  # optimisation steps taken per request
-    seconds: float = 0.0  # wall time of the optimisation (0 when reused from a cache)
+    seconds: float = 0.0  # wall time of EditContext.values (near 0 when the ValueCache had the targets)
+
+    def meta(self) -> dict:
+        """What the MEMIT-family writers journal about their value targets."""
+        return {"value_loss": self.loss, "value_steps": self.steps, "value_seconds": round(self.seconds, 6)}
 
 
 @dataclasses.dataclass
