@@ -17,7 +17,9 @@ efficacy / generalization / specificity (probability comparisons).  Stream runs 
 report ``path_reuse``: per batch, the share of its critical nodes an earlier batch had already trained.
 Writes one JSON table
 (``--out``), one run directory per stream run next to it, and the node-importance plot of the
-``epochs`` run.
+``epochs`` run.  Stream runs checkpoint every ``--checkpoint-every`` batches; ``--resume`` continues
+them (no edit lost or repeated) and reuses finished ones, so a 300-request comparison can be built
+over several processes (one ``--baselines`` selection each, same ``--out`` and ``--tag``).
 
     python bench/critical_path.py --dataset zsre --n 4 --batch 2 --epochs 2 --tag smoke   # smoke test
     python bench/critical_path.py --dataset zsre --n 200 --batch 2 --epochs 12 --sweep    # full run
@@ -73,12 +75,18 @@ def path_reuse(journal: Path) -> list[float]:
 
 def _stream(model, tok, method, config, requests, args, data, out: Path) -> dict:
     start = time.perf_counter()
-    summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset, batch_size=args.batch,
-                        mode="sequential", out_dir=out, config=config, data_path=data, progress=False,
-                        save_edits=False, run_args={"bench": "critical_path", "config": config})
+    if args.resume and (out / "summary.json").is_file():  # finished by an earlier process
+        summary, wall = json.loads((out / "summary.json").read_text(encoding="utf-8")), None
+    else:
+        summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset,
+                            batch_size=args.batch, mode="sequential", out_dir=out, config=config, data_path=data,
+                            progress=False, save_edits=False, run_args={"bench": "critical_path", "config": config},
+                            checkpoint_every=args.checkpoint_every,
+                            resume=args.resume and (out / "checkpoint").is_dir())
+        wall = time.perf_counter() - start
     row = {"protocol": "stream", "method": method, "config": config, "metrics": summary["metrics"],
            "pre_metrics": summary["pre_metrics"], "timing": summary["timing"], "fluency": summary["fluency"],
-           "wall_seconds": time.perf_counter() - start}
+           "wall_seconds": wall}
     if method == "critical_path":
         reuse = path_reuse(out / "journal.jsonl")
         row["path_reuse"] = {"per_batch": reuse, "mean_after_first": sum(reuse[1:]) / max(len(reuse) - 1, 1)}
@@ -131,6 +139,10 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="JSON overrides of the critical_path config")
     ap.add_argument("--tag", default="", help="suffix of the output names")
     ap.add_argument("--out", default="bench/results", help="output folder")
+    ap.add_argument("--checkpoint-every", type=int, default=10,
+                    help="stream protocol: checkpoint every this many batches (0 = never)")
+    ap.add_argument("--resume", action="store_true",
+                    help="stream protocol: continue each run from its checkpoint, reuse finished runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)

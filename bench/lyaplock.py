@@ -19,6 +19,11 @@ budget ratios, final D(t) and probes), ``preservation_loss.png`` (max over layer
 method, log scale, LyapLock budgets dashed) and ``probes.png`` (mean probe F1 against edits).
 
     python bench/lyaplock.py --n 1000 --batch-size 10 --out bench/results/lyaplock
+
+Long runs checkpoint every ``--checkpoint-every`` batches; ``--resume`` continues each method from
+its checkpoint (no edit lost or repeated) and takes methods that already have a ``summary.json``
+as they are, so one comparison can be run as several processes (one ``--methods`` each, same
+``--out``) and tabulated by a last ``--resume`` call naming them all.
 """
 from __future__ import annotations
 
@@ -46,6 +51,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--probe-every", type=int, default=100, help="Run the probes every this many edits (0 = never).")
     ap.add_argument("--probe-n", type=int, default=100, help="Items per probe task.")
     ap.add_argument("--out", default="bench/results/lyaplock", help="Output folder.")
+    ap.add_argument("--checkpoint-every", type=int, default=10, help="Checkpoint every this many batches (0 = never).")
+    ap.add_argument("--resume", action="store_true",
+                    help="Continue each method from its checkpoint; reuse methods already finished.")
     return ap.parse_args()
 
 
@@ -62,7 +70,7 @@ def _time_breakdown(journal: Path) -> dict[str, float]:
             "health_seconds": health}
 
 
-def _row(summary: dict[str, Any], journal: Path, wall_seconds: float) -> dict[str, Any]:
+def _row(summary: dict[str, Any], journal: Path, wall_seconds: float | None) -> dict[str, Any]:
     """The table entry of one method's run."""
     probes = summary.get("probes") or {}
     final = probes.get("final")
@@ -95,10 +103,17 @@ def main() -> None:
     for method in args.methods:
         start = time.perf_counter()
         run_dir = out / method
+        if args.resume and (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            table[method] = _row(summary, run_dir / "journal.jsonl", None)
+            _write_outputs(out, args, table)
+            continue
+        resume = args.resume and (run_dir / "checkpoint").is_dir()
         summary = run_bench(model, tok, method=method, requests=requests, dataset="counterfact",
                             batch_size=args.batch_size, mode="sequential", out_dir=run_dir, data_path=data,
                             progress=False, save_edits=False, value_cache=cache, health_every_batch=True,
-                            probe_every=args.probe_every, probe_n=args.probe_n)
+                            probe_every=args.probe_every, probe_n=args.probe_n,
+                            checkpoint_every=args.checkpoint_every, resume=resume)
         table[method] = _row(summary, run_dir / "journal.jsonl", time.perf_counter() - start)
         _write_outputs(out, args, table)
         m = summary["metrics"]

@@ -366,6 +366,23 @@ def test_lambda_zero_makes_joint_and_alternating_equal():
     assert neg in with_neg.deltas["model.layers.0.mlp.up_proj.weight"].index.tolist()
 
 
+def test_adam_makes_the_update_invariant_to_positive_lambda():
+    """Why λ = 0.1 and λ = 0.5 measure the same (docs/results.md): T⁻ rows only ever see λ·∇L(y), and
+    Adam's step m̂/(√v̂+ε) does not change when a parameter's gradients are all scaled by one constant.
+    λ matters only through ε, through a node that moves between T⁻ and T⁺, or a shared output bias."""
+    model, tok = tiny_model("llama")
+    packing = _packing(model)
+    run = {lam: cp.train_paths(model, tok, get_adapter(model), tiny_requests(), packing,
+                               _options(lam=lam, eta=CHEAP["epochs"])) for lam in (0.1, 0.5)}
+    for name, d in run[0.1].deltas.items():
+        other = run[0.5].deltas[name]
+        assert torch.equal(d.index, other.index)
+        torch.testing.assert_close(d.values, other.values, rtol=1e-2, atol=1e-6)  # ε: tiny grads
+    neg = run[0.1].selections[0].neg_key[0].item()
+    row = run[0.1].deltas["model.layers.0.mlp.up_proj.weight"]
+    assert row.values[row.index.tolist().index(neg)].abs().max() > 0  # T⁻ did move, by the same amount
+
+
 def test_reference_variant_with_gate_and_output_bias(track):
     model, tok = tiny_model("gptj")
     track(model)

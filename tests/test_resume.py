@@ -52,7 +52,7 @@ def _final_weights(tmp_path, monkeypatch, *, kill_after=None, method="lyaplock")
     return captured, model
 
 
-@pytest.mark.parametrize("method", ["lyaplock", "alphaedit"])
+@pytest.mark.parametrize("method", ["lyaplock", "alphaedit", "critical_path"])
 def test_resume_after_kill_gives_bit_identical_weights(tmp_path, monkeypatch, method):
     straight, _ = _final_weights(tmp_path / "a", monkeypatch, method=method)
     monkeypatch.undo()
@@ -94,3 +94,46 @@ def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path):
     layer = next(iter(first["D"]))
     assert abs(first["D"][layer] / first["budget"][layer] - 1 / 60) < 1e-12
     assert (tmp_path / "run" / "preservation_loss.png").stat().st_size > 1000
+
+
+def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):
+    """Scoring the unedited model is not repeated on resume (at 1,000 requests it costs as much as 100
+    edits), the locality cache survives the round trip, and the summary equals an uninterrupted run's."""
+    from kedit.runs import runner
+
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    kwargs = dict(method="memit", requests=_requests(), dataset="zsre", batch_size=2, mode="sequential",
+                  config=cheap_config("memit", corpus), cache_dir=tmp_path / "cache", progress=False,
+                  checkpoint_every=1)
+    straight = run_bench(model, tok, out_dir=tmp_path / "a", **kwargs)
+
+    original_edit, calls = kedit.editor.Editor.edit, {"edit": 0, "evaluate": 0}
+
+    def killed_edit(self, requests):
+        calls["edit"] += 1
+        if calls["edit"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original_edit(self, requests)
+
+    monkeypatch.setattr(kedit.editor.Editor, "edit", killed_edit)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(model, tok, out_dir=tmp_path / "b", **kwargs)
+    monkeypatch.setattr(kedit.editor.Editor, "edit", original_edit)
+    original_evaluate = runner.protocols.evaluate
+
+    def counted(*args, **kw):
+        calls["evaluate"] += 1
+        return original_evaluate(*args, **kw)
+
+    monkeypatch.setattr(runner.protocols, "evaluate", counted)
+    resumed = run_bench(model, tok, out_dir=tmp_path / "b", resume=True, **kwargs)
+    assert calls["evaluate"] == 1  # the final model only
+    assert resumed["pre_metrics"] == straight["pre_metrics"] and resumed["metrics"] == straight["metrics"]
+
+    saved = tmp_path / "b" / runner.PRE_EDIT_FILE
+    fingerprint = json.loads(saved.read_text())["weights_fingerprint"]
+    saved.write_text(saved.read_text().replace(fingerprint, "other-weights"))
+    with caplog.at_level("WARNING", logger="kedit.runs.runner"):
+        run_bench(model, tok, out_dir=tmp_path / "b", resume=True, **kwargs)
+    assert calls["evaluate"] == 3 and "scoring the unedited model again" in caplog.text

@@ -73,6 +73,14 @@ class PreEditCache:
             results["zsre"] = evaluate_zsre(model, tokenizer, requests, batch_size=batch_size)
         return cls(dict(zip(pairs, tokens)), results)
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form (a resumed run reads it back with :meth:`from_json`)."""
+        return {"locality": [[p, a, toks] for (p, a), toks in self._locality.items()], "results": self.results}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PreEditCache":
+        return cls({(p, a): toks for p, a, toks in data["locality"]}, data.get("results"))
+
     def locality_argmax(self, prompt: str, answer: str) -> list[int]:
         """The unedited model's argmax tokens on ``prompt + " " + answer`` at the answer positions."""
         try:

@@ -49,7 +49,10 @@ class CriticalPathConfig(Config):
         layers: layers whose FFN nodes are ranked and edited; [] = every layer (PAC: all layers).
         topk: |T⁺| per layer, separately for key and value nodes (PAC: 15).
         bottomk: |T⁻| per layer, the negative path (PAC: 1).
-        lam: λ of eq. 7, weight of the contrastive term (PAC: 0.1; 0 disables it).
+        lam: λ of eq. 7, weight of the contrastive term (PAC: 0.1; 0 disables it).  Under Adam any λ > 0
+            gives nearly the same edit: T⁻ rows see only λ·∇L(y), and Adam's step is invariant to a
+            constant gradient scale (up to ε, nodes moving between T⁻ and T⁺, a shared output bias).
+            What λ > 0 buys is that T⁻ moves at all; the paper's λ sweep needs an unnormalised optimiser.
         lr: Adam learning rate.  The reference uses 1e-5 for 7B models over 11–15 epochs of a 3K set
             (every edit is stepped only ~12 times there, as part of 1.5K mini-batches per epoch).  Measured
             on SmolLM2-135M-Instruct (zsRE, one request per compute, paper defaults otherwise): the target

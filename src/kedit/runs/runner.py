@@ -202,7 +202,6 @@ def run_bench(
         ...                     batch_size=2, mode="sequential", out_dir="runs/demo")  # doctest: +SKIP
     """
     from kedit.editor import Editor
-    from kedit.eval import PreEditCache
     from kedit.ledger import save_edit_set
 
     requests = _check_args(requests, dataset, batch_size, mode)
@@ -230,9 +229,8 @@ def run_bench(
     stats_seconds = time.perf_counter() - start
     log.info("statistics and projections ready in %.1f s", stats_seconds)
 
-    with torch.no_grad():
-        pre = PreEditCache.build(model, tokenizer, requests) if protocols.needs_pre_cache(scoring) else None
-        pre_result = _evaluate(requests, pre)  # locality against the cache is 1 by construction
+    pre, pre_result = _pre_edit(out, scoring, editor, model, tokenizer, requests, _evaluate,
+                                reuse=resume, keep=mode == "sequential" and bool(checkpoint_every))
     log.info("pre-edit: %s", _fmt(_headline(pre_result["metrics"])))
 
     monitor = _health_monitor(editor, model, tokenizer, mode, health_every_batch, probe_every, probe_n, auto_stop)
@@ -391,6 +389,36 @@ def run_bench(
     _write_json(out / "summary.json", summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
     return summary
+
+
+PRE_EDIT_FILE = "pre_edit.json"
+
+
+def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evaluate, *, reuse: bool, keep: bool):
+    """The pre-edit scores and, where the protocol needs one, the locality cache.
+
+    A checkpointing run keeps both in ``out/pre_edit.json`` and a resumed run reads them back: scoring
+    1,000 CounterFact requests on the unedited weights takes about as long as 100 edits.  The file
+    is used only for the same protocol, requests and base weights; otherwise it is recomputed.
+    """
+    from kedit.eval import PreEditCache
+
+    path = out / PRE_EDIT_FILE
+    key = {"protocol": scoring, "request_ids": [r.id for r in requests],
+           "weights_fingerprint": editor.ledger.base_fingerprint}
+    if reuse and path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in key} == key:
+            log.info("pre-edit scores read from %s", path)
+            cache = PreEditCache.from_json(saved["cache"]) if saved["cache"] is not None else None
+            return cache, saved["result"]
+        log.warning("%s belongs to other requests, protocol or weights; scoring the unedited model again", path)
+    with torch.no_grad():
+        cache = PreEditCache.build(model, tokenizer, requests) if protocols.needs_pre_cache(scoring) else None
+        result = evaluate(requests, cache)  # locality against the cache is 1 by construction
+    if keep:
+        _write_json(path, {**key, "cache": cache.to_json() if cache is not None else None, "result": result})
+    return cache, result
 
 
 def _journal_finalize(journal_path: Path, final, seconds: float, monitor, n_batches: int, edits: int) -> None:
