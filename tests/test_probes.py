@@ -307,3 +307,30 @@ def test_run_bench_health_argument_checks(tmp_path):
         run_bench(model, tok, method="memit", requests=tiny_requests()[:1], dataset="counterfact", batch_size=1,
                   mode="independent", out_dir=tmp_path / "run2", config=cheap_config("memit", corpus),
                   cache_dir=tmp_path / "cache", progress=False, health_every_batch=True)
+
+
+def test_resumed_run_reuses_the_pre_edit_probes(tmp_path, monkeypatch):
+    """The unedited model's probe scores are measured once per run, not again by the process that
+    resumes it, and the summary still compares against them."""
+    import kedit.editor
+
+    scores = iter([0.9, 0.7, 0.6])  # pre-edit, after 2 edits, after 4 edits: a third pre-edit run would fail
+    calls = []
+    monkeypatch.setattr(health_mod, "run_probes", lambda *a, **k: calls.append(1) or _fake_probe_results(next(scores)))
+    monkeypatch.setattr(health_mod, "load_probe_set", lambda name, n: [{}] * n)
+    original = kedit.editor.Editor.edit
+    edits = {"n": 0}
+
+    def killed(self, requests):
+        edits["n"] += 1
+        if edits["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, requests)
+
+    monkeypatch.setattr(kedit.editor.Editor, "edit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _bench(tmp_path, probe_every=2, probe_n=2, checkpoint_every=1)
+    assert len(calls) == 2
+    summary, lines = _bench(tmp_path, probe_every=2, probe_n=2, checkpoint_every=1, resume=True)
+    assert len(calls) == 3 and [r["batch"] for r in lines] == [0, 1, 2, 3]
+    assert summary["probes"]["pre"]["sst2"]["f1"] == 0.9 and summary["probes"]["final"]["sst2"]["f1"] == 0.6

@@ -130,6 +130,8 @@ class HealthMonitor:
         batch_size: prompts per forward pass for the probes.
         preservation: called at every per-batch check for ``{layer: D(t)}`` (a
             :class:`PreservationLoss`); None = not measured.
+        pre_probes: pre-edit probe results measured earlier on these same weights (a resumed run
+            reads them from its run directory); None = measure them now.
 
     Example:
         >>> from kedit.testing.tiny import tiny_model
@@ -144,7 +146,8 @@ class HealthMonitor:
                  probes: Sequence[str] = PROBES, probe_n: int = 100, ppl_text: str | None = None,
                  ppl_tokens: int = 512, stop_below: float | None = None, per_batch: bool = True,
                  probe_data: Mapping[str, Sequence[Mapping[str, Any]]] | None = None, batch_size: int = 16,
-                 preservation: Callable[[], Mapping[int, float]] | None = None):
+                 preservation: Callable[[], Mapping[int, float]] | None = None,
+                 pre_probes: Mapping[str, Mapping[str, Any]] | None = None):
         owner = "HealthMonitor"
         if not isinstance(probe_every, int) or isinstance(probe_every, bool) or probe_every < 0:
             raise ConfigError(param_message("probe_every", owner, "an int >= 0", probe_every))
@@ -184,7 +187,7 @@ class HealthMonitor:
             if probe_data is None:
                 probe_data = {task: load_probe_set(task, n=probe_n) for task in self.probes}
             self.probe_data = {task: list(probe_data[task])[:probe_n] for task in self.probes}
-            self.pre_probes = self.run_probes()
+            self.pre_probes = self.run_probes() if pre_probes is None else {k: dict(v) for k, v in pre_probes.items()}
             log.info("pre-edit probes: %s", _fmt_probes(self.pre_probes))
 
     # -- measurements ------------------------------------------------------------------------------

@@ -229,11 +229,15 @@ def run_bench(
     stats_seconds = time.perf_counter() - start
     log.info("statistics and projections ready in %.1f s", stats_seconds)
 
-    pre, pre_result = _pre_edit(out, scoring, editor, model, tokenizer, requests, _evaluate,
-                                reuse=resume, keep=mode == "sequential" and bool(checkpoint_every))
+    keep_pre = mode == "sequential" and bool(checkpoint_every)
+    pre, pre_result, saved_probes = _pre_edit(out, scoring, editor, model, tokenizer, requests, _evaluate,
+                                              reuse=resume, keep=keep_pre, probe_n=probe_n)
     log.info("pre-edit: %s", _fmt(_headline(pre_result["metrics"])))
 
-    monitor = _health_monitor(editor, model, tokenizer, mode, health_every_batch, probe_every, probe_n, auto_stop)
+    monitor = _health_monitor(editor, model, tokenizer, mode, health_every_batch, probe_every, probe_n, auto_stop,
+                              saved_probes)
+    if keep_pre and saved_probes is None and monitor is not None and monitor.pre_probes is not None:
+        _keep_pre_probes(out, monitor.pre_probes, probe_n)
     batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
     journal_path = out / "journal.jsonl"
     edit_seconds = 0.0
@@ -394,12 +398,15 @@ def run_bench(
 PRE_EDIT_FILE = "pre_edit.json"
 
 
-def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evaluate, *, reuse: bool, keep: bool):
-    """The pre-edit scores and, where the protocol needs one, the locality cache.
+def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evaluate, *, reuse: bool, keep: bool,
+              probe_n: int):
+    """The pre-edit scores, the locality cache where the protocol needs one, and the pre-edit probe
+    results when an earlier process of this run measured them with ``probe_n`` items (else None).
 
-    A checkpointing run keeps both in ``out/pre_edit.json`` and a resumed run reads them back: scoring
-    1,000 CounterFact requests on the unedited weights takes about as long as 100 edits.  The file
-    is used only for the same protocol, requests and base weights; otherwise it is recomputed.
+    A checkpointing run keeps these in ``out/pre_edit.json`` and a resumed run reads them back:
+    scoring 1,000 CounterFact requests on the unedited weights takes about as long as 100 edits, the
+    probes a few minutes more.  The file is used only for the same protocol, requests and base
+    weights; otherwise everything is measured again.
     """
     from kedit.eval import PreEditCache
 
@@ -411,14 +418,22 @@ def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evalu
         if {k: saved.get(k) for k in key} == key:
             log.info("pre-edit scores read from %s", path)
             cache = PreEditCache.from_json(saved["cache"]) if saved["cache"] is not None else None
-            return cache, saved["result"]
+            probes = saved.get("probes") or {}
+            return cache, saved["result"], probes.get("results") if probes.get("probe_n") == probe_n else None
         log.warning("%s belongs to other requests, protocol or weights; scoring the unedited model again", path)
     with torch.no_grad():
         cache = PreEditCache.build(model, tokenizer, requests) if protocols.needs_pre_cache(scoring) else None
         result = evaluate(requests, cache)  # locality against the cache is 1 by construction
     if keep:
         _write_json(path, {**key, "cache": cache.to_json() if cache is not None else None, "result": result})
-    return cache, result
+    return cache, result, None
+
+
+def _keep_pre_probes(out: Path, probes: dict[str, Any], probe_n: int) -> None:
+    """Add the pre-edit probe results to ``out/pre_edit.json`` (see :func:`_pre_edit`)."""
+    path = out / PRE_EDIT_FILE
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    _write_json(path, {**saved, "probes": {"probe_n": probe_n, "results": _jsonable(probes)}})
 
 
 def _journal_finalize(journal_path: Path, final, seconds: float, monitor, n_batches: int, edits: int) -> None:
@@ -438,7 +453,7 @@ def _append_journal(journal_path: Path, record: dict[str, Any]) -> None:
 
 
 def _health_monitor(editor, model, tokenizer, mode: str, health_every_batch: bool, probe_every: int, probe_n: int,
-                    auto_stop: float | None):
+                    auto_stop: float | None, pre_probes: dict[str, Any] | None = None):
     """The run's :class:`~kedit.eval.health.HealthMonitor` (None when health monitoring is off)."""
     if not isinstance(probe_every, int) or isinstance(probe_every, bool) or probe_every < 0:
         raise ConfigError(param_message("probe_every", "run_bench", "an int >= 0", probe_every))
@@ -459,7 +474,8 @@ def _health_monitor(editor, model, tokenizer, mode: str, health_every_batch: boo
     names = [editor.adapter.weight_name(layer) for layer in layers]
     preservation = PreservationLoss.for_editor(editor) if health_every_batch else None
     return HealthMonitor(model, tokenizer, layers_weight_names=names, probe_every=probe_every, probe_n=probe_n,
-                         stop_below=auto_stop, per_batch=health_every_batch, preservation=preservation)
+                         stop_below=auto_stop, per_batch=health_every_batch, preservation=preservation,
+                         pre_probes=pre_probes)
 
 
 def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Path, stopped_at, done_requests,
