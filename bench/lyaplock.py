@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from kedit.eval.probes import compact, mean_f1
-from kedit.runs.plots import plot_preservation_comparison, plot_probe_comparison, preservation_series
+from kedit.runs.plots import (plot_preservation_comparison, plot_probe_comparison, preservation_series,
+                              probe_series)
 from kedit.runs.runner import run_bench
 
 from _counterfact_run import counterfact_run
@@ -54,6 +55,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--checkpoint-every", type=int, default=10, help="Checkpoint every this many batches (0 = never).")
     ap.add_argument("--resume", action="store_true",
                     help="Continue each method from its checkpoint; reuse methods already finished.")
+    ap.add_argument("--progress-only", action="store_true",
+                    help="Edit nothing: plot and print the D(t) and probe curves of the journals so far "
+                         "(runs still going, or killed).")
     return ap.parse_args()
 
 
@@ -96,8 +100,37 @@ def _write_outputs(out: Path, args: argparse.Namespace, table: dict[str, Any]) -
                           pre={m: row["probes"]["pre_mean_f1"] for m, row in table.items()})
 
 
+def _progress(out: Path, methods: list[str]) -> None:
+    """Plots and a per-method line from whatever the journals hold so far: edits done, max-over-layers
+    D(t) at the last batch, its ratio to the budget αD₀ (LyapLock presets) or to the method's own
+    D after the first batch (D(t)/D₀ for the others), and the latest mean probe F1."""
+    journals = {m: out / m / "journal.jsonl" for m in methods if (out / m / "journal.jsonl").is_file()}
+    pre = {}
+    for method in journals:
+        saved = out / method / "pre_edit.json"
+        probes = json.loads(saved.read_text(encoding="utf-8")).get("probes") if saved.is_file() else None
+        pre[method] = mean_f1(probes["results"]) if probes else None
+    plot_preservation_comparison(journals, out / "preservation_loss.png")
+    plot_probe_comparison(journals, out / "probes.png", pre=pre)
+    for method, journal in journals.items():
+        D = preservation_series(journal)
+        if not D:
+            print(f"{method:20s} no batch journaled yet")
+            continue
+        last, first = max(D[-1]["D"].values()), max(D[0]["D"].values())
+        ratio = (f"D/αD0 {last / max(D[-1]['budget'].values()):.3f}" if D[-1]["budget"]
+                 else f"D/D0 {last / first:.1f}")
+        probe = probe_series(journal)
+        probe_txt = f"probe F1 {mean_f1(probe[-1]['probes']):.3f} at {probe[-1]['edits']}" if probe else ""
+        print(f"{method:20s} {D[-1]['edits']:5d} edits  max D {last:.4g}  {ratio}  "
+              f"pre F1 {pre[method] if pre[method] is None else round(pre[method], 3)}  {probe_txt}", flush=True)
+
+
 def main() -> None:
     args = _args()
+    if args.progress_only:
+        _progress(Path(args.out), args.methods)
+        return
     out, model, tok, data, requests, cache = counterfact_run(args.out, args.n)
     table: dict[str, Any] = {}
     for method in args.methods:
