@@ -25,7 +25,7 @@ from kedit.eval.probes import (
     weighted_f1,
 )
 from kedit.runs.runner import run_bench
-from kedit.testing.checks import cheap_config, tiny_requests, write_tiny_corpus
+from kedit.testing.checks import cheap_config, kill_at_edit, tiny_requests, write_tiny_corpus
 from kedit.testing.tiny import tiny_model
 
 
@@ -312,22 +312,11 @@ def test_run_bench_health_argument_checks(tmp_path):
 def test_resumed_run_reuses_the_pre_edit_probes(tmp_path, monkeypatch):
     """The unedited model's probe scores are measured once per run, not again by the process that
     resumes it, and the summary still compares against them."""
-    import kedit.editor
-
     scores = iter([0.9, 0.7, 0.6])  # pre-edit, after 2 edits, after 4 edits: a third pre-edit run would fail
     calls = []
     monkeypatch.setattr(health_mod, "run_probes", lambda *a, **k: calls.append(1) or _fake_probe_results(next(scores)))
     monkeypatch.setattr(health_mod, "load_probe_set", lambda name, n: [{}] * n)
-    original = kedit.editor.Editor.edit
-    edits = {"n": 0}
-
-    def killed(self, requests):
-        edits["n"] += 1
-        if edits["n"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, requests)
-
-    monkeypatch.setattr(kedit.editor.Editor, "edit", killed)
+    kill_at_edit(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         _bench(tmp_path, probe_every=2, probe_n=2, checkpoint_every=1)
     assert len(calls) == 2

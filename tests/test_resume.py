@@ -9,7 +9,7 @@ import torch
 import kedit.editor
 from kedit.errors import LedgerError
 from kedit.runs.runner import run_bench
-from kedit.testing.checks import cheap_config, tiny_requests, write_tiny_corpus
+from kedit.testing.checks import cheap_config, kill_at_edit, tiny_requests, write_tiny_corpus
 from kedit.testing.tiny import tiny_model
 
 
@@ -108,18 +108,11 @@ def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):
                   checkpoint_every=1)
     straight = run_bench(model, tok, out_dir=tmp_path / "a", **kwargs)
 
-    original_edit, calls = kedit.editor.Editor.edit, {"edit": 0, "evaluate": 0}
-
-    def killed_edit(self, requests):
-        calls["edit"] += 1
-        if calls["edit"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original_edit(self, requests)
-
-    monkeypatch.setattr(kedit.editor.Editor, "edit", killed_edit)
+    kill_at_edit(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_bench(model, tok, out_dir=tmp_path / "b", **kwargs)
-    monkeypatch.setattr(kedit.editor.Editor, "edit", original_edit)
+    monkeypatch.undo()
+    calls = {"evaluate": 0}
     original_evaluate = runner.protocols.evaluate
 
     def counted(*args, **kw):

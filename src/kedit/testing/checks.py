@@ -101,6 +101,22 @@ def cheap_config(name: str, corpus: str | Path | None) -> dict[str, Any]:
     return out
 
 
+def kill_at_edit(monkeypatch, call: int) -> None:
+    """Make ``Editor.edit`` raise KeyboardInterrupt on its ``call``-th call (1-based), a simulated kill
+    between two batches of a sequential run; ``monkeypatch.undo()`` or a new patch restores it."""
+    import kedit.editor
+
+    original, calls = kedit.editor.Editor.edit, {"n": 0}
+
+    def edit(self, requests):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, requests)
+
+    monkeypatch.setattr(kedit.editor.Editor, "edit", edit)
+
+
 def tiny_requests() -> list[EditRequest]:
     """Three invented facts.  The subject ends each prompt, so on a tiny random model the edited
     position directly predicts the target (edits measurably raise the target's log-prob)."""
