@@ -37,6 +37,7 @@ import torch
 import kedit
 from kedit.data.loaders import load_requests
 from kedit.paths import data_dir
+from kedit.runs.run_dir import finished_summary, has_checkpoint, shared_pre_edit
 from kedit.runs.runner import headline_metrics, run_bench
 
 DATA = {"zsre": ("zsre", "zsre_mend_edit.json"), "counterfact": ("counterfact", "counterfact-edit.json")}
@@ -75,14 +76,13 @@ def path_reuse(journal: Path) -> list[float]:
 
 def _stream(model, tok, method, config, requests, args, data, out: Path) -> dict:
     start = time.perf_counter()
-    if args.resume and (out / "summary.json").is_file():  # finished by an earlier process
-        summary, wall = json.loads((out / "summary.json").read_text(encoding="utf-8")), None
-    else:
+    summary, wall = (finished_summary(out) if args.resume else None), None  # finished by an earlier process
+    if summary is None:
         summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset,
                             batch_size=args.batch, mode="sequential", out_dir=out, config=config, data_path=data,
                             progress=False, save_edits=False, run_args={"bench": "critical_path", "config": config},
-                            checkpoint_every=args.checkpoint_every,
-                            resume=args.resume and (out / "checkpoint").is_dir())
+                            checkpoint_every=args.checkpoint_every, resume=args.resume and has_checkpoint(out),
+                            pre_edit_from=shared_pre_edit(out.parent, sorted(p.name for p in out.parent.iterdir())))
         wall = time.perf_counter() - start
     row = {"protocol": "stream", "method": method, "config": config, "metrics": summary["metrics"],
            "pre_metrics": summary["pre_metrics"], "timing": summary["timing"], "fluency": summary["fluency"],

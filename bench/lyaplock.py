@@ -23,7 +23,9 @@ method, log scale, LyapLock budgets dashed) and ``probes.png`` (mean probe F1 ag
 Long runs checkpoint every ``--checkpoint-every`` batches; ``--resume`` continues each method from
 its checkpoint (no edit lost or repeated) and takes methods that already have a ``summary.json``
 as they are, so one comparison can be run as several processes (one ``--methods`` each, same
-``--out``) and tabulated by a last ``--resume`` call naming them all.
+``--out``) and tabulated by a last ``--resume`` call naming them all.  A method that starts after
+another one measured the unedited model reads those pre-edit scores and probes
+(``pre_edit.json``) instead of measuring them again.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from typing import Any
 from kedit.eval.probes import compact, mean_f1
 from kedit.runs.plots import (plot_preservation_comparison, plot_probe_comparison, preservation_series,
                               probe_series)
+from kedit.runs.run_dir import finished_summary, has_checkpoint, pre_probe_results, shared_pre_edit
 from kedit.runs.runner import run_bench
 
 from _counterfact_run import counterfact_run
@@ -107,9 +110,8 @@ def _progress(out: Path, methods: list[str]) -> None:
     journals = {m: out / m / "journal.jsonl" for m in methods if (out / m / "journal.jsonl").is_file()}
     pre = {}
     for method in journals:
-        saved = out / method / "pre_edit.json"
-        probes = json.loads(saved.read_text(encoding="utf-8")).get("probes") if saved.is_file() else None
-        pre[method] = mean_f1(probes["results"]) if probes else None
+        probes = pre_probe_results(out / method)
+        pre[method] = mean_f1(probes) if probes else None
     plot_preservation_comparison(journals, out / "preservation_loss.png")
     plot_probe_comparison(journals, out / "probes.png", pre=pre)
     for method, journal in journals.items():
@@ -136,17 +138,17 @@ def main() -> None:
     for method in args.methods:
         start = time.perf_counter()
         run_dir = out / method
-        if args.resume and (run_dir / "summary.json").is_file():
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = finished_summary(run_dir) if args.resume else None
+        if summary is not None:
             table[method] = _row(summary, run_dir / "journal.jsonl", None)
             _write_outputs(out, args, table)
             continue
-        resume = args.resume and (run_dir / "checkpoint").is_dir()
         summary = run_bench(model, tok, method=method, requests=requests, dataset="counterfact",
                             batch_size=args.batch_size, mode="sequential", out_dir=run_dir, data_path=data,
                             progress=False, save_edits=False, value_cache=cache, health_every_batch=True,
                             probe_every=args.probe_every, probe_n=args.probe_n,
-                            checkpoint_every=args.checkpoint_every, resume=resume)
+                            checkpoint_every=args.checkpoint_every, resume=args.resume and has_checkpoint(run_dir),
+                            pre_edit_from=shared_pre_edit(out, list(METHODS)))
         table[method] = _row(summary, run_dir / "journal.jsonl", time.perf_counter() - start)
         _write_outputs(out, args, table)
         m = summary["metrics"]

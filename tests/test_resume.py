@@ -8,6 +8,7 @@ import torch
 
 import kedit.editor
 from kedit.errors import LedgerError
+from kedit.runs.run_dir import PRE_EDIT_FILE, finished_summary, has_checkpoint, shared_pre_edit
 from kedit.runs.runner import run_bench
 from kedit.testing.checks import cheap_config, kill_at_edit, tiny_requests, write_tiny_corpus
 from kedit.testing.tiny import tiny_model
@@ -124,9 +125,52 @@ def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):
     assert calls["evaluate"] == 1  # the final model only
     assert resumed["pre_metrics"] == straight["pre_metrics"] and resumed["metrics"] == straight["metrics"]
 
-    saved = tmp_path / "b" / runner.PRE_EDIT_FILE
+    saved = tmp_path / "b" / PRE_EDIT_FILE
     fingerprint = json.loads(saved.read_text())["weights_fingerprint"]
     saved.write_text(saved.read_text().replace(fingerprint, "other-weights"))
-    with caplog.at_level("WARNING", logger="kedit.runs.runner"):
+    with caplog.at_level("WARNING", logger="kedit.runs.run_dir"):
         run_bench(model, tok, out_dir=tmp_path / "b", resume=True, **kwargs)
     assert calls["evaluate"] == 3 and "scoring the unedited model again" in caplog.text
+
+
+def test_another_method_starts_from_a_comparisons_pre_edit_scores(tmp_path, monkeypatch, caplog):
+    """A second method of one comparison reads the first one's pre-edit scores (and keeps its own
+    copy for its resume); scores of other requests are refused with a warning and measured again."""
+    from kedit.runs import runner
+
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    common = dict(requests=_requests(), dataset="zsre", batch_size=2, mode="sequential",
+                  cache_dir=tmp_path / "cache", progress=False, checkpoint_every=1)
+    first = run_bench(model, tok, method="memit", out_dir=tmp_path / "memit",
+                      config=cheap_config("memit", corpus), **common)
+    calls = {"evaluate": 0}
+    original_evaluate = runner.protocols.evaluate
+
+    def counted(*args, **kw):
+        calls["evaluate"] += 1
+        return original_evaluate(*args, **kw)
+
+    monkeypatch.setattr(runner.protocols, "evaluate", counted)
+    second = run_bench(model, tok, method="alphaedit", out_dir=tmp_path / "alphaedit",
+                       config=cheap_config("alphaedit", corpus), pre_edit_from=tmp_path / "memit", **common)
+    assert calls["evaluate"] == 1  # the final model only
+    assert second["pre_metrics"] == first["pre_metrics"]
+    own = json.loads((tmp_path / "alphaedit" / PRE_EDIT_FILE).read_text())
+    assert own == json.loads((tmp_path / "memit" / PRE_EDIT_FILE).read_text())
+
+    fewer = {**common, "requests": _requests()[:4]}
+    with caplog.at_level("WARNING", logger="kedit.runs.run_dir"):
+        run_bench(model, tok, method="alphaedit", out_dir=tmp_path / "fewer", config=cheap_config("alphaedit", corpus),
+                  pre_edit_from=tmp_path / "memit" / PRE_EDIT_FILE, **fewer)
+    assert calls["evaluate"] == 3 and "scoring the unedited model again" in caplog.text
+
+
+def test_finished_summary_and_shared_pre_edit_find_earlier_processes_files(tmp_path):
+    """The two questions a multi-process comparison asks of its output folder."""
+    assert finished_summary(tmp_path / "memit") is None and shared_pre_edit(tmp_path, ["memit", "rect"]) is None
+    (tmp_path / "rect").mkdir()
+    (tmp_path / "rect" / PRE_EDIT_FILE).write_text("{}")
+    (tmp_path / "rect" / "summary.json").write_text('{"method": "rect"}')
+    assert shared_pre_edit(tmp_path, ["memit", "rect"]) == tmp_path / "rect" / PRE_EDIT_FILE
+    assert finished_summary(tmp_path / "rect") == {"method": "rect"} and not has_checkpoint(tmp_path / "rect")

@@ -34,7 +34,7 @@ import torch
 
 from kedit.data.requests import EditRequest, check_requests
 from kedit.errors import ConfigError, param_message
-from kedit.runs import protocols
+from kedit.runs import protocols, run_dir
 from kedit.runs.protocols import DATASETS
 
 __all__ = ["run_bench", "MODES", "DATASETS", "headline_metrics"]
@@ -155,6 +155,7 @@ def run_bench(
     probe_n: int = 100,
     auto_stop: float | None = None,
     protocol: str | None = None,
+    pre_edit_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Edit ``requests`` in batches with ``method``, score them and write the run directory ``out_dir``.
 
@@ -191,6 +192,9 @@ def run_bench(
             this fraction of its pre-edit value; the final evaluation then covers the edits made so
             far and the summary records ``auto_stopped_at_batch``.
         protocol: override the dataset's scoring protocol (e.g. ``"knowedit"`` on zsRE records).
+        pre_edit_from: the ``pre_edit.json`` (or run directory) of another run on the same requests and
+            base weights, e.g. another method of one comparison: its pre-edit scores and probes are
+            used instead of measuring them again (ignored, with a warning, if they do not match).
 
     Returns:
         The summary written to ``summary.json``: ``{method, dataset, n, batch_size, mode, metrics,
@@ -230,14 +234,15 @@ def run_bench(
     log.info("statistics and projections ready in %.1f s", stats_seconds)
 
     keep_pre = mode == "sequential" and bool(checkpoint_every)
+    sources = ([out / run_dir.PRE_EDIT_FILE] if resume else []) + ([Path(pre_edit_from)] if pre_edit_from else [])
     pre, pre_result, saved_probes = _pre_edit(out, scoring, editor, model, tokenizer, requests, _evaluate,
-                                              reuse=resume, keep=keep_pre, probe_n=probe_n)
+                                              sources=sources, keep=keep_pre, probe_n=probe_n)
     log.info("pre-edit: %s", _fmt(_headline(pre_result["metrics"])))
 
     monitor = _health_monitor(editor, model, tokenizer, mode, health_every_batch, probe_every, probe_n, auto_stop,
                               saved_probes)
     if keep_pre and saved_probes is None and monitor is not None and monitor.pre_probes is not None:
-        _keep_pre_probes(out, monitor.pre_probes, probe_n)
+        run_dir.add_pre_probes(out, _jsonable(monitor.pre_probes), probe_n)
     batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
     journal_path = out / "journal.jsonl"
     edit_seconds = 0.0
@@ -390,50 +395,36 @@ def run_bench(
     if monitor is not None:
         _health_summary(summary, monitor, final_probes, journal_path, out, stopped_at, done_requests, scoring,
                         pre_result)
-    _write_json(out / "summary.json", summary)
+    _write_json(out / run_dir.SUMMARY_FILE, summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
     return summary
 
 
-PRE_EDIT_FILE = "pre_edit.json"
-
-
-def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evaluate, *, reuse: bool, keep: bool,
-              probe_n: int):
+def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evaluate, *, sources: list[Path],
+              keep: bool, probe_n: int):
     """The pre-edit scores, the locality cache where the protocol needs one, and the pre-edit probe
-    results when an earlier process of this run measured them with ``probe_n`` items (else None).
+    results when they were measured with ``probe_n`` items (else None).
 
-    A checkpointing run keeps these in ``out/pre_edit.json`` and a resumed run reads them back:
-    scoring 1,000 CounterFact requests on the unedited weights takes about as long as 100 edits, the
-    probes a few minutes more.  The file is used only for the same protocol, requests and base
-    weights; otherwise everything is measured again.
+    Read from the first of ``sources`` (``pre_edit.json`` files or run directories) that was measured
+    on the same protocol, requests and base weights (:mod:`kedit.runs.run_dir`); measured otherwise.
+    A checkpointing run (``keep``) keeps them in its own directory for a later resume.
     """
     from kedit.eval import PreEditCache
 
-    path = out / PRE_EDIT_FILE
-    key = {"protocol": scoring, "request_ids": [r.id for r in requests],
-           "weights_fingerprint": editor.ledger.base_fingerprint}
-    if reuse and path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if {k: saved.get(k) for k in key} == key:
-            log.info("pre-edit scores read from %s", path)
+    key = run_dir.pre_edit_key(scoring, [r.id for r in requests], editor.ledger.base_fingerprint)
+    for source in sources:
+        saved = run_dir.read_pre_edit(source, key)
+        if saved is not None:
+            if keep and Path(source).resolve() != (out / run_dir.PRE_EDIT_FILE).resolve():
+                run_dir.write_pre_edit(out, key, saved["cache"], saved["result"], saved.get("probes"))
             cache = PreEditCache.from_json(saved["cache"]) if saved["cache"] is not None else None
-            probes = saved.get("probes") or {}
-            return cache, saved["result"], probes.get("results") if probes.get("probe_n") == probe_n else None
-        log.warning("%s belongs to other requests, protocol or weights; scoring the unedited model again", path)
+            return cache, saved["result"], run_dir.pre_probe_results(saved, probe_n)
     with torch.no_grad():
         cache = PreEditCache.build(model, tokenizer, requests) if protocols.needs_pre_cache(scoring) else None
         result = evaluate(requests, cache)  # locality against the cache is 1 by construction
     if keep:
-        _write_json(path, {**key, "cache": cache.to_json() if cache is not None else None, "result": result})
+        run_dir.write_pre_edit(out, key, cache.to_json() if cache is not None else None, result)
     return cache, result, None
-
-
-def _keep_pre_probes(out: Path, probes: dict[str, Any], probe_n: int) -> None:
-    """Add the pre-edit probe results to ``out/pre_edit.json`` (see :func:`_pre_edit`)."""
-    path = out / PRE_EDIT_FILE
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    _write_json(path, {**saved, "probes": {"probe_n": probe_n, "results": _jsonable(probes)}})
 
 
 def _journal_finalize(journal_path: Path, final, seconds: float, monitor, n_batches: int, edits: int) -> None:
