@@ -4,10 +4,12 @@ The reference toolkits optimise one request at a time with a full forward pass f
 at every step (an editing hook at the target layer).  kedit optimises all requests of a batch
 together, starts each step's forward pass after the edit layer, and runs only each prompt's
 suffix from the edit token on, with the earlier positions' keys/values cached (none of them
-depends on δ).  All variants run the same objective, so the targets agree; the JSON reports
-seconds per request and speed-up ratios (never absolute-second asserts).
+depends on δ).  All variants run the same objective, so the targets agree (``kedit_batched_bfloat16``,
+the ``compute_dtype`` option, up to bfloat16 rounding); the JSON reports seconds per request,
+speed-up ratios (never absolute-second asserts) and each request's final target NLL.
 
     python bench/value_speed.py --n 10 --out bench/results/value_speed.json
+    python bench/value_speed.py --n 10 --only kedit_batched_bfloat16 --out bench/results/value_bf16.json
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--out", default="bench/results/value_speed.json")
+    ap.add_argument("--only", nargs="*", help="run only these variants (plus kedit_batched, then the reference)")
     args = ap.parse_args()
     model, tok = kedit.load_model()
     adapter = get_adapter(model)
@@ -103,12 +106,15 @@ def main() -> None:
     reference_adapter = dataclasses.replace(adapter, residual_inputs_embeds=False)  # full forward + hook
 
     no_cache = dataclasses.replace(options, prefix_cache=False)
+    bf16 = dataclasses.replace(options, compute_dtype="bfloat16")
 
     def one_by_one(adp, opts):
         return [optimise_values(model, tok, adp, [r], templates, opts, layer=layer) for r in requests]
 
     runs = {
         "kedit_batched": lambda: [optimise_values(model, tok, adapter, requests, templates, options, layer=layer)],
+        "kedit_batched_bfloat16": lambda: [optimise_values(model, tok, adapter, requests, templates, bf16,
+                                                           layer=layer)],
         "kedit_batched_no_prefix_cache": lambda: [optimise_values(model, tok, adapter, requests, templates, no_cache,
                                                                   layer=layer)],
         "kedit_one_by_one": lambda: one_by_one(adapter, options),
@@ -117,19 +123,25 @@ def main() -> None:
                                                                                     options, layer)[0])
                                         for r in requests],
     }
-    seconds, z = {}, {}
+    if args.only:
+        runs = {k: v for k, v in runs.items() if k in args.only or k == "kedit_batched"}
+    seconds, z, nll = {}, {}, {}
     for name, fn in runs.items():
         results, seconds[name] = timed(fn)
         z[name] = torch.cat([r.z for r in results], 1)
+        nll[name] = [x for r in results for x in getattr(r, "nll", [])] or None
         print(name, round(seconds[name] / args.n, 2), "s/request", flush=True)
-    ref = seconds["reference_code_loop"]
+    ref_name = "reference_code_loop" if "reference_code_loop" in seconds else "kedit_batched"
+    ref = seconds[ref_name]
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     result = {
         "n": args.n,
         "layer": layer,
         "seconds_per_request": {k: v / args.n for k, v in seconds.items()},
+        "reference": ref_name,
         "speedup_vs_reference": {k: ref / v for k, v in seconds.items()},
-        "relative_z_difference_vs_reference": {k: rel(v, z["reference_code_loop"]) for k, v in z.items()},
+        "relative_z_difference_vs_reference": {k: rel(v, z[ref_name]) for k, v in z.items()},
+        "final_target_nll": nll,
         "threads": torch.get_num_threads(),
     }
     out = Path(args.out)

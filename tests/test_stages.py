@@ -1,6 +1,7 @@
 """Stages on tiny models of every family: adapters, hooks, truncated forwards, keys, values, tokens, statistics."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import types
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from kedit.data.requests import EditRequest
-from kedit.errors import DataError, UnsupportedModelError
+from kedit.errors import ConfigError, DataError, UnsupportedModelError
+from kedit.methods.base import ValueTargetConfig
 from kedit.models.adapters import ADAPTERS, get_adapter, num_layers, resolve_module
 from kedit.models.hooks import eval_mode, frozen, trace
 from kedit.stages.forward import final_hidden_from, final_hidden_with_edit, hidden_after
@@ -300,6 +302,29 @@ def test_optimise_values_batched_equals_one_by_one(family, site, layer, tiny):
             assert abs(both.loss[i] - one.loss[0]) < 1e-4
     assert all((a.z - a.h_init).norm() > 0 for a in alone)  # δ moved
     assert not any(p.requires_grad is False for p in model.parameters())  # frozen() restored
+
+
+@FAMILIES
+def test_bfloat16_value_optimisation_stays_near_float32_and_keeps_h_init_exact(family, tiny):
+    """bfloat16 autocast changes the forward passes only: h_init is the float32 site output bit for
+    bit, and the targets (float64) and losses stay within bfloat16 rounding of the float32 ones."""
+    model, tok, adapter = tiny(family)
+    fp32 = ValueOptions(steps=8, lr=0.5, clamp_norm_factor=4.0, kl_factor=0.0625, weight_decay=1e-3,
+                        early_stop_loss=0.0)
+    bf16 = dataclasses.replace(fp32, compute_dtype="bfloat16")
+    exact = optimise_values(model, tok, adapter, REQUESTS, TEMPLATES, fp32, layer=2)
+    fast = optimise_values(model, tok, adapter, REQUESTS, TEMPLATES, bf16, layer=2)
+    assert torch.equal(fast.h_init, exact.h_init) and fast.z.dtype == torch.float64
+    assert not torch.equal(fast.z, exact.z)  # the forward passes did run in bfloat16
+    assert all(abs(f - e) < 1e-2 for f, e in zip(fast.loss, exact.loss))
+    delta_fast, delta_exact = fast.z - fast.h_init, exact.z - exact.h_init
+    assert float((delta_fast - delta_exact).norm() / delta_exact.norm()) < 0.1
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast of the model
+
+
+def test_value_target_config_refuses_an_unknown_compute_dtype():
+    with pytest.raises(ConfigError, match="compute_dtype"):
+        ValueTargetConfig(compute_dtype="float16")
 
 
 @FAMILIES

@@ -53,6 +53,10 @@ class ValueTargetConfig(Config):
         kl_prompt: template of the essence prompt.
         context_templates: [[length, count], ...] of sampled prefixes (plus "{}").
         prefix_cache: reuse the prefix keys/values across optimisation steps (an exact speed-up).
+        compute_dtype: ``"bfloat16"`` runs the forward passes of the optimisation under bfloat16
+            autocast; h_init, δ, the loss and Adam stay in float32.  Not in any paper: an option for
+            long sequential runs on CPUs with bfloat16 matrix units, where those matmuls (80 % of an
+            edit's time) run 2-3× faster; the targets differ from float32 ones by bfloat16 rounding.
     """
 
     steps: int = field(25, "Adam iterations for δ (v_num_grad_steps).")
@@ -65,6 +69,8 @@ class ValueTargetConfig(Config):
     context_templates: list[list[int]] = field([[10, 5]], "[[length, count], ...] sampled context prefixes.")
     prefix_cache: bool = field(True, "Reuse the keys/values of positions before the edit token across steps "
                                      "(same result, several times faster).")
+    compute_dtype: str = field("float32", "'bfloat16': autocast the optimisation's forward passes (faster on "
+                                          "CPUs with bfloat16 units; targets change by rounding).")
 
     def __post_init__(self) -> None:
         self._check("steps", self.steps >= 1, "an int >= 1")
@@ -72,6 +78,7 @@ class ValueTargetConfig(Config):
         self._check("clamp_norm_factor", self.clamp_norm_factor > 0, "a float > 0")
         self._check("kl_factor", self.kl_factor >= 0, "a float >= 0")
         self._check("weight_decay", self.weight_decay >= 0, "a float >= 0")
+        self._check("compute_dtype", self.compute_dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'")
         self._check("context_templates", all(len(x) == 2 and x[0] > 0 and x[1] >= 0 for x in self.context_templates),
                     "a list of [length > 0, count >= 0] pairs")
 
@@ -79,7 +86,7 @@ class ValueTargetConfig(Config):
         from kedit.stages.values import ValueOptions
 
         return ValueOptions(self.steps, self.lr, self.clamp_norm_factor, self.kl_factor, self.weight_decay,
-                            self.early_stop_loss, self.kl_prompt, self.prefix_cache)
+                            self.early_stop_loss, self.kl_prompt, self.prefix_cache, self.compute_dtype)
 
 
 @dataclasses.dataclass(frozen=True)

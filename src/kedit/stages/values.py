@@ -39,6 +39,7 @@ class ValueOptions:
     early_stop_loss: float
     kl_prompt: str = "{} is a"
     prefix_cache: bool = True  # reuse keys/values of positions before the edit token (exact; faster)
+    compute_dtype: str = "float32"  # "bfloat16": autocast the forward passes of the optimisation (faster, inexact)
 
 
 @dataclasses.dataclass
@@ -150,6 +151,14 @@ def optimise_values(
         with torch.no_grad(), eval_mode(model):
             suffix = SuffixRunner(model, adapter, layer, rows.ids, rows.mask, hidden, rows.position)
 
+    # bfloat16 touches the forward passes only: h_init, δ, the loss and Adam stay in float32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.compute_dtype == "bfloat16")
+
+    def log_probs(hidden_states: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            logits = lm_head(hidden_states)
+        return F.log_softmax(logits.float(), -1)
+
     with frozen(model), eval_mode(model):
         for it in range(options.steps):
             req_idx = torch.nonzero(active).flatten()
@@ -159,26 +168,28 @@ def optimise_values(
             pos = rows.position[sel]
             own = rows.owner[sel]
             local = torch.arange(len(sel))
-            if suffix is not None:
-                final = suffix.final_hidden(sel, delta[own])
-                offset = rows.position  # suffix coordinates: the edit position is index 0
-            elif truncated:
-                h = hidden[sel].clone()
-                h[local, pos] = h[local, pos] + delta[own]
-                final = final_hidden_from(model, adapter, layer, h, rows.mask[sel])
-            else:
-                def add_delta(out: torch.Tensor) -> torch.Tensor:
-                    out = out.clone()
-                    out[local, pos] = out[local, pos] + delta[own]
-                    return out
+            with autocast:
+                if suffix is not None:
+                    final = suffix.final_hidden(sel, delta[own])
+                    offset = rows.position  # suffix coordinates: the edit position is index 0
+                elif truncated:
+                    h = hidden[sel].clone()
+                    h[local, pos] = h[local, pos] + delta[own]
+                    final = final_hidden_from(model, adapter, layer, h, rows.mask[sel])
+                else:
+                    def add_delta(out: torch.Tensor) -> torch.Tensor:
+                        out = out.clone()
+                        out[local, pos] = out[local, pos] + delta[own].to(out.dtype)
+                        return out
 
-                final = final_hidden_with_edit(model, adapter, site_name, rows.ids[sel], rows.mask[sel], add_delta)
+                    final = final_hidden_with_edit(model, adapter, site_name, rows.ids[sel], rows.mask[sel],
+                                                   add_delta)
             if suffix is None:
                 offset = torch.zeros_like(rows.position)
             # NLL over target tokens of active rewrite rows
             keep = active[rows.owner[rows.tgt_row]]
             tr, tp, tt = rows.tgt_row[keep], rows.tgt_pos[keep], rows.tgt_tok[keep]
-            logp = F.log_softmax(lm_head(final[remap[tr], tp - offset[tr]]).float(), -1)
+            logp = log_probs(final[remap[tr], tp - offset[tr]])
             tok_lp = logp.gather(1, tt[:, None]).squeeze(1)  # (m,)
             row_sum = torch.zeros(len(rows.position)).index_add(0, tr, tok_lp)
             row_cnt = torch.zeros(len(rows.position)).index_add(0, tr, torch.ones_like(tok_lp))
@@ -190,7 +201,7 @@ def optimise_values(
             kl_sel = [row for row in sel.tolist() if row in init_logp]
             if kl_sel:
                 kl_idx = torch.tensor(kl_sel)
-                cur = F.log_softmax(lm_head(final[remap[kl_idx], rows.position[kl_idx] - offset[kl_idx]]).float(), -1)
+                cur = log_probs(final[remap[kl_idx], rows.position[kl_idx] - offset[kl_idx]])
                 init = torch.stack([init_logp[row] for row in kl_sel])
                 per = (cur.exp() * (cur - init)).sum(-1)  # KL(p_cur ‖ p_init)
                 kl = kl.index_add(0, rows.owner[kl_idx], per)
