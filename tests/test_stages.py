@@ -14,7 +14,7 @@ from kedit.data.requests import EditRequest
 from kedit.errors import ConfigError, DataError, UnsupportedModelError
 from kedit.methods.base import ValueTargetConfig
 from kedit.models.adapters import ADAPTERS, get_adapter, num_layers, resolve_module
-from kedit.models.hooks import eval_mode, frozen, trace
+from kedit.models.hooks import bfloat16_linears, eval_mode, frozen, trace
 from kedit.stages.forward import final_hidden_from, final_hidden_with_edit, hidden_after
 from kedit.stages.keys import compute_keys, contextualise
 from kedit.stages.tokens import encode_with_subject, pad_right, target_ids
@@ -319,7 +319,21 @@ def test_bfloat16_value_optimisation_stays_near_float32_and_keeps_h_init_exact(f
     assert all(abs(f - e) < 1e-2 for f, e in zip(fast.loss, exact.loss))
     delta_fast, delta_exact = fast.z - fast.h_init, exact.z - exact.h_init
     assert float((delta_fast - delta_exact).norm() / delta_exact.norm()) < 0.1
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast of the model
+
+
+@FAMILIES
+def test_bfloat16_linears_restores_every_weight_bit_for_bit_even_on_error(family, tiny):
+    model, _, _ = tiny(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attn = model.config._attn_implementation
+    with pytest.raises(KeyboardInterrupt), bfloat16_linears(model):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+        assert model.config._attn_implementation == "eager"
+        raise KeyboardInterrupt
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before)
+    assert model.config._attn_implementation == attn
 
 
 def test_value_target_config_refuses_an_unknown_compute_dtype():

@@ -107,6 +107,38 @@ def frozen(model: nn.Module, trainable: Sequence[torch.nn.Parameter] = ()) -> It
 
 
 @contextlib.contextmanager
+def bfloat16_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Run ``model`` with bfloat16 copies of its ``nn.Linear`` weights (and eager attention); on
+    exit every parameter gets its original tensor back, bit for bit (the originals are kept, not
+    cast back).  Meant for use under ``torch.autocast(dtype=torch.bfloat16)``.
+
+    Autocast alone does not pay on CPU for frozen weights: it re-casts every weight at every call
+    (its cast cache holds only weights that require grad), which costs as much as the matmul it
+    saves.  Norm weights stay float32 (layer norm runs in float32 under autocast and refuses mixed
+    dtypes).  Eager attention because PyTorch's CPU flash-attention backward is several times
+    slower in bfloat16 than in float32.  ``enabled=False`` changes nothing.
+    """
+    if not enabled:
+        yield model
+        return
+    saved = [(m.weight, m.weight.data) for m in model.modules()
+             if isinstance(m, nn.Linear) and m.weight.dtype == torch.float32]
+    config = getattr(model, "config", None)
+    attn = getattr(config, "_attn_implementation", None)
+    try:
+        for weight, data in saved:
+            weight.data = data.to(torch.bfloat16)
+        if attn is not None:
+            config._attn_implementation = "eager"
+        yield model
+    finally:
+        for weight, data in saved:
+            weight.data = data
+        if attn is not None:
+            config._attn_implementation = attn
+
+
+@contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put the model in eval mode; restore each module's training flag on exit."""
     saved = [(m, m.training) for m in model.modules()]

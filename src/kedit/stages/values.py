@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kedit.data.requests import EditRequest
 from kedit.errors import NonFiniteError
 from kedit.models.adapters import Adapter
-from kedit.models.hooks import eval_mode, frozen, trace
+from kedit.models.hooks import bfloat16_linears, eval_mode, frozen, trace
 from kedit.stages.forward import SuffixRunner, final_hidden_from, final_hidden_with_edit
 from kedit.stages.keys import contextualise
 from kedit.stages.tokens import encode_with_subject, pad_right, target_ids
@@ -151,15 +151,17 @@ def optimise_values(
         with torch.no_grad(), eval_mode(model):
             suffix = SuffixRunner(model, adapter, layer, rows.ids, rows.mask, hidden, rows.position)
 
-    # bfloat16 touches the forward passes only: h_init, δ, the loss and Adam stay in float32
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.compute_dtype == "bfloat16")
+    # bfloat16 touches the forward passes only (bfloat16 copies of the linear weights, autocast for
+    # the float32 activations and cached keys/values): h_init, δ, the loss and Adam stay in float32
+    low = options.compute_dtype == "bfloat16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=low)
 
     def log_probs(hidden_states: torch.Tensor) -> torch.Tensor:
         with autocast:
             logits = lm_head(hidden_states)
         return F.log_softmax(logits.float(), -1)
 
-    with frozen(model), eval_mode(model):
+    with frozen(model), eval_mode(model), bfloat16_linears(model, low):
         for it in range(options.steps):
             req_idx = torch.nonzero(active).flatten()
             sel = torch.nonzero(active[rows.owner]).flatten()  # rows of active requests
