@@ -68,3 +68,23 @@ def test_knowedit_protocol_on_zsre_records(tmp_path, mode):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["protocol"] == "knowedit"
     assert {"edit_succ", "locality", "portability"} <= set(summary["metrics"])
     assert summary["pre_metrics"]["locality"] == 1.0  # the pre-edit model against its own cache
+
+
+def test_score_every_scores_a_strided_subset_with_the_full_runs_results(tmp_path):
+    """Every request is edited; requests[::k] are scored, each exactly as a fully scored run scores it."""
+    model, tok = tiny_model("llama")
+    requests = tiny_requests() * 2
+    kwargs = dict(method="ft", requests=requests, dataset="zsre", batch_size=2, mode="sequential",
+                  config={"layer": 1, "steps": 3}, progress=False, cache_dir=tmp_path, save_edits=False)
+    full = run_bench(model, tok, out_dir=tmp_path / "full", **kwargs)
+    strided = run_bench(model, tok, out_dir=tmp_path / "strided", score_every=2, **kwargs)
+    cases = {name: json.loads((tmp_path / name / "metrics.json").read_text())["cases"] for name in ("full", "strided")}
+    assert [c["id"] for c in cases["strided"]["post"]] == [r.id for r in requests[::2]]
+    for when in ("pre", "post"):
+        assert cases["strided"][when] == cases["full"][when][::2]
+    assert strided["n_scored"] == 3 and strided["score_every"] == 2 and "n_scored" not in full
+    assert strided["timing"]["seconds_per_edit"] > 0 and full["n"] == strided["n"] == 6
+    with pytest.raises(ConfigError, match="score_every"):
+        run_bench(model, tok, **{**kwargs, "mode": "independent"}, out_dir=tmp_path / "x", score_every=2)
+    with pytest.raises(ConfigError, match="score_every"):
+        run_bench(model, tok, out_dir=tmp_path / "y", score_every=0, **kwargs)

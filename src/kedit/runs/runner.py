@@ -156,6 +156,7 @@ def run_bench(
     auto_stop: float | None = None,
     protocol: str | None = None,
     pre_edit_from: str | os.PathLike | None = None,
+    score_every: int = 1,
 ) -> dict[str, Any]:
     """Edit ``requests`` in batches with ``method``, score them and write the run directory ``out_dir``.
 
@@ -195,6 +196,9 @@ def run_bench(
         pre_edit_from: the ``pre_edit.json`` (or run directory) of another run on the same requests and
             base weights, e.g. another method of one comparison: its pre-edit scores and probes are
             used instead of measuring them again (ignored, with a warning, if they do not match).
+        score_every: sequential mode: score every this many-th request (``requests[::score_every]``),
+            before and after editing; every request is still edited.  For very long streams, where
+            scoring all 10,000 requests twice would take longer than editing them.
 
     Returns:
         The summary written to ``summary.json``: ``{method, dataset, n, batch_size, mode, metrics,
@@ -209,6 +213,7 @@ def run_bench(
     from kedit.ledger import save_edit_set
 
     requests = _check_args(requests, dataset, batch_size, mode)
+    scored = _scored(requests, mode, score_every)
     scoring = protocols.protocol_for(dataset, protocol)
 
     def _evaluate(requests_, pre_):
@@ -235,7 +240,7 @@ def run_bench(
 
     keep_pre = mode == "sequential" and bool(checkpoint_every)
     sources = ([out / run_dir.PRE_EDIT_FILE] if resume else []) + ([Path(pre_edit_from)] if pre_edit_from else [])
-    pre, pre_result, saved_probes = _pre_edit(out, scoring, editor, model, tokenizer, requests, _evaluate,
+    pre, pre_result, saved_probes = _pre_edit(out, scoring, editor, model, tokenizer, scored, _evaluate,
                                               sources=sources, keep=keep_pre, probe_n=probe_n)
     log.info("pre-edit: %s", _fmt(_headline(pre_result["metrics"])))
 
@@ -340,10 +345,11 @@ def run_bench(
                 _journal_finalize(journal_path, final, finalize_seconds, monitor, len(batches),
                                   len(done_requests))
             t1 = time.perf_counter()
+            scored_done = scored[: -(-len(done_requests) // score_every)]  # requests[::k] of the edited prefix
             with torch.no_grad():
-                result = _evaluate(done_requests, pre)
+                result = _evaluate(scored_done, pre)
             post_cases = result["cases"]
-            log.info("evaluated %d request(s) on the final model in %.1f s", len(done_requests),
+            log.info("evaluated %d request(s) on the final model in %.1f s", len(scored_done),
                      time.perf_counter() - t1)
             if monitor is not None and monitor.probe_data is not None:
                 if final is None and last_health is not None and "probes" in last_health:
@@ -369,6 +375,7 @@ def run_bench(
         "method": method,
         "dataset": dataset,
         "n": len(requests),
+        **({"score_every": score_every, "n_scored": len(post_cases)} if score_every != 1 else {}),
         "batch_size": batch_size,
         "mode": mode,
         "metrics": _headline(post_metrics),
@@ -398,6 +405,17 @@ def run_bench(
     _write_json(out / run_dir.SUMMARY_FILE, summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
     return summary
+
+
+def _scored(requests: list[EditRequest], mode: str, score_every: int) -> list[EditRequest]:
+    """The requests scored before and after editing: every ``score_every``-th one (a prefix of them
+    is exactly the scored part of any edited prefix, so an auto-stopped run stays comparable)."""
+    if not isinstance(score_every, int) or isinstance(score_every, bool) or score_every < 1:
+        raise ConfigError(param_message("score_every", "run_bench", "an int >= 1", score_every))
+    if score_every != 1 and mode != "sequential":
+        raise ConfigError(f"run_bench: score_every={score_every} applies to sequential runs only (independent "
+                          "batches are scored as they are edited).")
+    return requests[::score_every]
 
 
 def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evaluate, *, sources: list[Path],
@@ -483,7 +501,7 @@ def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Pat
         summary["auto_stopped_at_batch"] = stopped_at
         summary["n_edited"] = len(done_requests)
         # pre-edit metrics over the same requests as the post-edit ones
-        pre_cases = pre_result["cases"][: len(done_requests)]
+        pre_cases = pre_result["cases"][: -(-len(done_requests) // summary.get("score_every", 1))]
         summary["pre_metrics"] = protocols.headline(scoring, protocols.aggregate(scoring, pre_cases))
 
 
