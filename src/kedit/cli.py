@@ -239,6 +239,8 @@ def bench(
     probe_every: int = typer.Option(0, "--probe-every", min=0, help="Sequential mode: run the GLUE/MMLU probes before editing and every N edits (0 = never)."),
     probe_n: int = typer.Option(100, "--probe-n", min=1, help="Items per probe task."),
     auto_stop: Optional[float] = typer.Option(None, "--auto-stop", min=0.0, help="Stop once the mean probe F1 falls below F x its pre-edit value (needs --probe-every)."),
+    score_every: int = typer.Option(1, "--score-every", min=1, help="Sequential mode: score every K-th request before and after editing (all are edited)."),
+    pre_edit_from: Optional[Path] = typer.Option(None, "--pre-edit-from", help="pre_edit.json (or run directory) of another run on the same records and model: reuse its pre-edit scores."),
 ) -> None:
     """Run edits in batches, evaluate them and write a run directory."""
     from kedit.data.loaders import detect_dataset, load_requests
@@ -263,7 +265,8 @@ def bench(
                         cache_dir=cache_dir, save_edits=save_edits, run_args=run_args, console=_stderr(),
                         checkpoint_every=checkpoint_every, resume=resume, health_every_batch=health,
                         probe_every=probe_every, probe_n=probe_n, auto_stop=auto_stop,
-                        protocol=protocol.value if protocol is not None else None)
+                        protocol=protocol.value if protocol is not None else None, score_every=score_every,
+                        pre_edit_from=pre_edit_from)
     console = _stdout()
     print_summary_table(summary, console)
     console.print(f"Wrote {out}/summary.json")
