@@ -92,11 +92,17 @@ def _row(summary: dict[str, Any], journal: Path, wall_seconds: float | None) -> 
     probes = summary.get("probes") or {}
     final = probes.get("final")
     D = preservation_series(journal)
+    last_health = next((h for h in reversed([json.loads(line).get("health") or {} for line in
+                                             journal.read_text(encoding="utf-8").splitlines()]) if "perplexity" in h), {})
     return {
         "metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"], "fluency": summary["fluency"],
         "timing": {**summary["timing"], "wall_seconds": wall_seconds, **_time_breakdown(journal)},
         "lyaplock": summary.get("lyaplock"),
         "preservation_loss_final": D[-1]["D"] if D else None,
+        "preservation_loss_growth": max(D[-1]["D"].values()) / max(D[0]["D"].values()) if D else None,
+        "perplexity": {"pre": (summary.get("health") or {}).get("perplexity_pre"),
+                       "final": last_health.get("perplexity")},
+        "weight_norm_growth_final": last_health.get("weight_norm_growth"),
         "probes": {"pre_mean_f1": mean_f1(probes["pre"]) if probes.get("pre") else None,
                    "final_mean_f1": mean_f1(final) if final else None,
                    "final": compact(final) if final else None},
