@@ -20,7 +20,7 @@ method, log scale, LyapLock budgets dashed) and ``probes.png`` (mean probe F1 ag
 
     python bench/lyaplock.py --n 1000 --batch-size 10 --out bench/results/lyaplock
 
-The 10,000-edit run: bfloat16 value optimisation (``compute_dtype``, 1.65× on this CPU) and every
+The 10,000-edit run: bfloat16 value optimisation (``compute_dtype``, 1.4–1.65× on this CPU) and every
 10th request scored (scoring 10,000 requests before and after would take about 6 hours):
 
     python bench/lyaplock.py --n 10000 --methods lyaplock --probe-every 1000 --probe-n 50 \
