@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kedit.editor
-from kedit.errors import LedgerError
+from kedit.errors import ConfigError, LedgerError
 from kedit.runs.run_dir import PRE_EDIT_FILE, finished_summary, has_checkpoint, shared_pre_edit
 from kedit.runs.runner import run_bench
 from kedit.testing.checks import cheap_config, kill_at_edit, tiny_requests, write_tiny_corpus
@@ -164,6 +164,9 @@ def test_another_method_starts_from_a_comparisons_pre_edit_scores(tmp_path, monk
         run_bench(model, tok, method="alphaedit", out_dir=tmp_path / "fewer", config=cheap_config("alphaedit", corpus),
                   pre_edit_from=tmp_path / "memit" / PRE_EDIT_FILE, **fewer)
     assert calls["evaluate"] == 3 and "scoring the unedited model again" in caplog.text
+    with pytest.raises(ConfigError, match="neither a pre_edit.json file nor a run directory"):
+        run_bench(model, tok, method="memit", out_dir=tmp_path / "x", config=cheap_config("memit", corpus),
+                  pre_edit_from=tmp_path / "no-such-run", **common)
 
 
 def test_finished_summary_and_shared_pre_edit_find_earlier_processes_files(tmp_path):

@@ -18,7 +18,7 @@ from typing import Any
 from kedit.runs.checkpoint import CHECKPOINT_DIR
 
 __all__ = ["PRE_EDIT_FILE", "SUMMARY_FILE", "finished_summary", "has_checkpoint", "pre_edit_key", "read_pre_edit",
-           "write_pre_edit", "add_pre_probes", "pre_probe_results", "shared_pre_edit"]
+           "write_pre_edit", "add_pre_probes", "pre_edit_file", "pre_probe_results", "shared_pre_edit"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def pre_edit_key(scoring: str, request_ids: list[str], weights_fingerprint: str)
     return {"protocol": scoring, "request_ids": list(request_ids), "weights_fingerprint": weights_fingerprint}
 
 
-def _as_file(source: str | os.PathLike) -> Path:
+def pre_edit_file(source: str | os.PathLike) -> Path:
+    """``source`` itself, or the ``pre_edit.json`` inside it when it is a run directory."""
     path = Path(source)
     return path / PRE_EDIT_FILE if path.is_dir() else path
 
@@ -60,7 +61,7 @@ def _as_file(source: str | os.PathLike) -> Path:
 def read_pre_edit(source: str | os.PathLike, key: dict[str, Any]) -> dict[str, Any] | None:
     """The saved pre-edit record at ``source`` (a ``pre_edit.json`` or a run directory holding one)
     if it was measured under ``key``; None (with a warning when the file exists) otherwise."""
-    path = _as_file(source)
+    path = pre_edit_file(source)
     if not path.is_file():
         return None
     saved = _read(path)
@@ -91,7 +92,7 @@ def pre_probe_results(saved: dict[str, Any] | str | os.PathLike | None,
     """The pre-edit probe results of a saved record (or of a run directory's file), None when it
     has none or, given ``probe_n``, when they were measured with another number of items."""
     if saved is not None and not isinstance(saved, dict):
-        path = _as_file(saved)
+        path = pre_edit_file(saved)
         saved = _read(path) if path.is_file() else None
     probes = (saved or {}).get("probes") or {}
     if not probes or (probe_n is not None and probes.get("probe_n") != probe_n):

@@ -239,7 +239,12 @@ def run_bench(
     log.info("statistics and projections ready in %.1f s", stats_seconds)
 
     keep_pre = mode == "sequential" and bool(checkpoint_every)
-    sources = ([out / run_dir.PRE_EDIT_FILE] if resume else []) + ([Path(pre_edit_from)] if pre_edit_from else [])
+    sources = [out / run_dir.PRE_EDIT_FILE] if resume else []
+    if pre_edit_from is not None:
+        if not run_dir.pre_edit_file(pre_edit_from).is_file():
+            raise ConfigError(f"run_bench: pre_edit_from={str(pre_edit_from)!r} is neither a {run_dir.PRE_EDIT_FILE} "
+                              f"file nor a run directory holding one.")
+        sources.append(Path(pre_edit_from))
     pre, pre_result, saved_probes = _pre_edit(out, scoring, editor, model, tokenizer, scored, _evaluate,
                                               sources=sources, keep=keep_pre, probe_n=probe_n)
     log.info("pre-edit: %s", _fmt(_headline(pre_result["metrics"])))
