@@ -1,4 +1,4 @@
-"""Long-answer edits on the embedded SmolLM2-135M-Instruct: one UnKE, one AnyEdit and one μKE edit
+"""Long-answer edits on the embedded SmolLM2-135M-Instruct: one UnKE, one AnyEdit, one μKE and one Matryoshka-vanilla edit
 of a ~60-token UnKEBench answer must make greedy decoding reproduce it (character BLEU > 0.8,
 the unedited model is far below), and revert must restore every weight (whole-block edits too).
 The SmolLM2 settings are the tuned ones of ``bench/configs/smollm2`` (see docs/long-form.md)."""
@@ -36,7 +36,7 @@ def record(smollm, shared_data):
     return r, char_bleu(answer, before)
 
 
-@pytest.mark.parametrize("method", ["unke", "anyedit", "muke"])
+@pytest.mark.parametrize("method", ["unke", "anyedit", "muke", "muke_vanilla"])
 def test_long_answer_edit_reproduces_answer(smollm, record, method, track):
     model, tok = smollm
     track(model)
