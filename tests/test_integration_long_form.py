@@ -1,6 +1,6 @@
-"""Long-answer edits on the embedded SmolLM2-135M-Instruct: one UnKE, one AnyEdit, one μKE and one Matryoshka-vanilla edit
-of a ~60-token UnKEBench answer must make greedy decoding reproduce it (character BLEU > 0.8,
-the unedited model is far below), and revert must restore every weight (whole-block edits too).
+"""Long-answer edits on the embedded SmolLM2-135M-Instruct: one UnKE, one AnyEdit, one μKE and one
+Matryoshka-vanilla edit of a ~60-token UnKEBench answer must make greedy decoding reproduce it
+(character BLEU > 0.8, the unedited model is far below), and revert must restore every weight (whole-block edits too).
 The SmolLM2 settings are the tuned ones of ``bench/configs/smollm2`` (see docs/long-form.md)."""
 from __future__ import annotations
 
