@@ -23,6 +23,21 @@ def _requests():
     return tiny_requests() * 2  # 6 edits → 3 batches of 2
 
 
+def _count_evaluations(monkeypatch) -> dict[str, int]:
+    """Count the runner's scoring passes (pre-edit and final) from here on."""
+    from kedit.runs import runner
+
+    calls = {"evaluate": 0}
+    original_evaluate = runner.protocols.evaluate
+
+    def counted(*args, **kw):
+        calls["evaluate"] += 1
+        return original_evaluate(*args, **kw)
+
+    monkeypatch.setattr(runner.protocols, "evaluate", counted)
+    return calls
+
+
 def _final_weights(tmp_path, monkeypatch, *, kill_after=None, method="lyaplock"):
     corpus = write_tiny_corpus(tmp_path / "corpus.txt")
     model, tok = tiny_model("llama")
@@ -100,8 +115,6 @@ def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path):
 def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):
     """Scoring the unedited model is not repeated on resume (at 1,000 requests it costs as much as 100
     edits), the locality cache survives the round trip, and the summary equals an uninterrupted run's."""
-    from kedit.runs import runner
-
     corpus = write_tiny_corpus(tmp_path / "corpus.txt")
     model, tok = tiny_model("llama")
     kwargs = dict(method="memit", requests=_requests(), dataset="zsre", batch_size=2, mode="sequential",
@@ -113,14 +126,7 @@ def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):
     with pytest.raises(KeyboardInterrupt):
         run_bench(model, tok, out_dir=tmp_path / "b", **kwargs)
     monkeypatch.undo()
-    calls = {"evaluate": 0}
-    original_evaluate = runner.protocols.evaluate
-
-    def counted(*args, **kw):
-        calls["evaluate"] += 1
-        return original_evaluate(*args, **kw)
-
-    monkeypatch.setattr(runner.protocols, "evaluate", counted)
+    calls = _count_evaluations(monkeypatch)
     resumed = run_bench(model, tok, out_dir=tmp_path / "b", resume=True, **kwargs)
     assert calls["evaluate"] == 1  # the final model only
     assert resumed["pre_metrics"] == straight["pre_metrics"] and resumed["metrics"] == straight["metrics"]
@@ -136,22 +142,13 @@ def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):
 def test_another_method_starts_from_a_comparisons_pre_edit_scores(tmp_path, monkeypatch, caplog):
     """A second method of one comparison reads the first one's pre-edit scores (and keeps its own
     copy for its resume); scores of other requests are refused with a warning and measured again."""
-    from kedit.runs import runner
-
     corpus = write_tiny_corpus(tmp_path / "corpus.txt")
     model, tok = tiny_model("llama")
     common = dict(requests=_requests(), dataset="zsre", batch_size=2, mode="sequential",
                   cache_dir=tmp_path / "cache", progress=False, checkpoint_every=1)
     first = run_bench(model, tok, method="memit", out_dir=tmp_path / "memit",
                       config=cheap_config("memit", corpus), **common)
-    calls = {"evaluate": 0}
-    original_evaluate = runner.protocols.evaluate
-
-    def counted(*args, **kw):
-        calls["evaluate"] += 1
-        return original_evaluate(*args, **kw)
-
-    monkeypatch.setattr(runner.protocols, "evaluate", counted)
+    calls = _count_evaluations(monkeypatch)
     second = run_bench(model, tok, method="alphaedit", out_dir=tmp_path / "alphaedit",
                        config=cheap_config("alphaedit", corpus), pre_edit_from=tmp_path / "memit", **common)
     assert calls["evaluate"] == 1  # the final model only

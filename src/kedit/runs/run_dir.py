@@ -17,7 +17,7 @@ from typing import Any
 
 from kedit.runs.checkpoint import CHECKPOINT_DIR
 
-__all__ = ["PRE_EDIT_FILE", "SUMMARY_FILE", "finished_summary", "has_checkpoint", "pre_edit_key", "read_pre_edit",
+__all__ = ["PRE_EDIT_FILE", "SUMMARY_FILE", "write_json", "finished_summary", "has_checkpoint", "pre_edit_key", "read_pre_edit",
            "write_pre_edit", "add_pre_probes", "pre_edit_file", "pre_probe_results", "shared_pre_edit"]
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,9 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a temporary file renamed over ``path``): a run killed
+    mid-write leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -78,13 +80,13 @@ def write_pre_edit(run_dir: str | os.PathLike, key: dict[str, Any], cache: Any, 
     record = {**key, "cache": cache, "result": result}
     if probes is not None:
         record["probes"] = probes
-    _write(Path(run_dir) / PRE_EDIT_FILE, record)
+    write_json(Path(run_dir) / PRE_EDIT_FILE, record)
 
 
 def add_pre_probes(run_dir: str | os.PathLike, results: dict[str, Any], probe_n: int) -> None:
     """Add the pre-edit probe results, measured with ``probe_n`` items per task, to ``run_dir``'s file."""
     path = Path(run_dir) / PRE_EDIT_FILE
-    _write(path, {**_read(path), "probes": {"probe_n": probe_n, "results": results}})
+    write_json(path, {**_read(path), "probes": {"probe_n": probe_n, "results": results}})
 
 
 def pre_probe_results(saved: dict[str, Any] | str | os.PathLike | None,

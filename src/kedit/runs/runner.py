@@ -105,12 +105,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _check_args(requests, dataset: str, batch_size: int, mode: str) -> list[EditRequest]:
     if mode not in MODES:
         raise ConfigError(param_message("mode", "run_bench", f"one of {list(MODES)}", mode))
@@ -228,7 +222,7 @@ def run_bench(
 
     editor = Editor(model, tokenizer, method, config, cache_dir=cache_dir, progress=progress, value_cache=value_cache)
     editor.config.to_yaml(out / "config.yaml")
-    _write_json(out / "manifest.json", _manifest(editor, model, seed, data_path, dataset, mode, batch_size,
+    run_dir.write_json(out / "manifest.json", _manifest(editor, model, seed, data_path, dataset, mode, batch_size,
                                                  requests, run_args))
     log.info("%s on %d %s request(s): batch size %d, %s mode -> %s", method, len(requests), dataset, batch_size,
              mode, out)
@@ -394,7 +388,7 @@ def run_bench(
         "fluency": {"pre": _mean_fluency(pre_result["cases"]), "post": _mean_fluency(post_cases),
                     "protocol": protocols.fluency_protocol(scoring)},
     }
-    _write_json(out / "metrics.json", {
+    run_dir.write_json(out / "metrics.json", {
         "protocol": scoring, "pre": pre_result["metrics"], "post": post_metrics,
         "cases": {"pre": pre_result["cases"], "post": post_cases},
     })
@@ -405,9 +399,9 @@ def run_bench(
         summary["lyaplock"] = budget
         plot_budget(journal_path, out / "preservation_loss.png")
     if monitor is not None:
-        _health_summary(summary, monitor, final_probes, journal_path, out, stopped_at, done_requests, scoring,
-                        pre_result)
-    _write_json(out / run_dir.SUMMARY_FILE, summary)
+        _health_summary(summary, monitor, final_probes, journal_path, out, stopped_at, done_requests,
+                        len(post_cases), scoring, pre_result)
+    run_dir.write_json(out / run_dir.SUMMARY_FILE, summary)
     log.info("post-edit: %s", _fmt(summary["metrics"]))
     return summary
 
@@ -493,7 +487,7 @@ def _health_monitor(editor, model, tokenizer, mode: str, health_every_batch: boo
 
 
 def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Path, stopped_at, done_requests,
-                    scoring: str, pre_result) -> None:
+                    n_scored: int, scoring: str, pre_result) -> None:
     """Add the health monitor's results to ``summary`` (and ``probes.png`` to the run directory)."""
     from kedit.eval.probes import compact
     from kedit.runs.plots import plot_probes
@@ -506,7 +500,7 @@ def _health_summary(summary, monitor, final_probes, journal_path: Path, out: Pat
         summary["auto_stopped_at_batch"] = stopped_at
         summary["n_edited"] = len(done_requests)
         # pre-edit metrics over the same requests as the post-edit ones
-        pre_cases = pre_result["cases"][: -(-len(done_requests) // summary.get("score_every", 1))]
+        pre_cases = pre_result["cases"][:n_scored]
         summary["pre_metrics"] = protocols.headline(scoring, protocols.aggregate(scoring, pre_cases))
 
 

@@ -39,7 +39,7 @@ class ValueOptions:
     early_stop_loss: float
     kl_prompt: str = "{} is a"
     prefix_cache: bool = True  # reuse keys/values of positions before the edit token (exact; faster)
-    compute_dtype: str = "float32"  # "bfloat16": autocast the forward passes of the optimisation (faster, inexact)
+    compute_dtype: str = "float32"  # "bfloat16": forward passes on bfloat16 linear weights (faster, inexact)
 
 
 @dataclasses.dataclass
