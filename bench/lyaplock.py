@@ -97,6 +97,7 @@ def _row(summary: dict[str, Any], journal: Path, wall_seconds: float | None) -> 
     return {
         "metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"], "fluency": summary["fluency"],
         "timing": {**summary["timing"], "wall_seconds": wall_seconds, **_time_breakdown(journal)},
+        "memory": summary.get("memory"),  # peak RSS and its growth per 1,000 edits (absent in older runs)
         "lyaplock": summary.get("lyaplock"),
         "preservation_loss_final": D[-1]["D"] if D else None,
         "preservation_loss_growth": max(D[-1]["D"].values()) / max(D[0]["D"].values()) if D else None,

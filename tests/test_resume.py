@@ -110,6 +110,9 @@ def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path):
     layer = next(iter(first["D"]))
     assert abs(first["D"][layer] / first["budget"][layer] - 1 / 60) < 1e-12
     assert (tmp_path / "run" / "preservation_loss.png").stat().st_size > 1000
+    lines = [json.loads(line) for line in (tmp_path / "run" / "journal.jsonl").read_text().splitlines()]
+    assert summary["memory"]["peak_rss_mb"] == max(line["memory_mb"]["peak"] for line in lines) > 0
+    assert summary["memory"]["rss_mb_last"] == lines[-1]["memory_mb"]["rss"]
 
 
 def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):

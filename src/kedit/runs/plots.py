@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 __all__ = ["budget_series", "budget_summary", "plot_budget", "probe_series", "plot_probes", "preservation_series",
-           "plot_preservation_comparison", "plot_probe_comparison"]
+           "plot_preservation_comparison", "plot_probe_comparison", "memory_series"]
 
 
 def _records(journal: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -40,6 +40,11 @@ def _save(fig, plt, out_png: str | Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def memory_series(journal: str | Path) -> list[dict[str, Any]]:
+    """Per batch: edits so far and the process memory after it (``rss`` and ``peak``, MiB)."""
+    return [{"edits": edits, **record["memory_mb"]} for edits, record in _records(journal) if record.get("memory_mb")]
 
 
 def budget_series(journal: str | Path) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ import torch
 
 from kedit.data.requests import EditRequest, check_requests
 from kedit.errors import ConfigError, param_message
-from kedit.runs import protocols, run_dir
+from kedit.runs import memory, protocols, run_dir
 from kedit.runs.protocols import DATASETS
 
 __all__ = ["run_bench", "MODES", "DATASETS", "headline_metrics"]
@@ -196,8 +196,10 @@ def run_bench(
 
     Returns:
         The summary written to ``summary.json``: ``{method, dataset, n, batch_size, mode, metrics,
-        pre_metrics, timing: {seconds_per_edit, edit_seconds_total, stats_seconds}, stats}``; metric
-        values are fractions in [0, 1] (or None where no request has the prompts for them).
+        pre_metrics, timing: {seconds_per_edit, edit_seconds_total, stats_seconds}, stats, memory}``;
+        metric values are fractions in [0, 1] (or None where no request has the prompts for them).
+        ``memory`` (:func:`~kedit.runs.memory.memory_summary`) is the peak RSS over every process of
+        the run and the RSS growth per 1,000 edits, from the ``memory_mb`` of each journal line.
 
     Example:
         >>> summary = run_bench(model, tok, method="memit", requests=reqs, dataset="counterfact",
@@ -298,6 +300,7 @@ def run_bench(
                     "method": edit_set.method,
                     "tensors": list(edit_set.names()),
                     "info": _jsonable({k: v for k, v in edit_set.meta.items() if k != "seconds"}),
+                    "memory_mb": memory.snapshot(),
                 }
                 if mode == "independent":
                     t1 = time.perf_counter()
@@ -392,8 +395,11 @@ def run_bench(
         "protocol": scoring, "pre": pre_result["metrics"], "post": post_metrics,
         "cases": {"pre": pre_result["cases"], "post": post_cases},
     })
-    from kedit.runs.plots import budget_summary, plot_budget
+    from kedit.runs.plots import budget_summary, memory_series, plot_budget
 
+    memory_used = memory.memory_summary(memory_series(journal_path))
+    if memory_used is not None:
+        summary["memory"] = memory_used
     budget = budget_summary(journal_path) if mode == "sequential" else None
     if budget is not None:
         summary["lyaplock"] = budget
