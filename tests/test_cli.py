@@ -17,7 +17,9 @@ from kedit.methods.registry import build_config
 from kedit.models.fingerprint import weights_fingerprint
 from kedit.testing.tiny import tiny_model
 
-SUMMARY_KEYS = {"method", "dataset", "n", "batch_size", "mode", "metrics", "pre_metrics", "timing", "stats", "fluency"}
+SUMMARY_KEYS = {"method", "dataset", "n", "batch_size", "mode", "metrics", "pre_metrics", "timing", "stats", "fluency",
+                "memory"}
+MEMORY_KEYS = {"peak_rss_mb", "rss_mb_first", "rss_mb_last"}  # no growth slope: fewer than 4 batches
 TIMING_KEYS = {"seconds_per_edit", "edit_seconds_total", "stats_seconds"}
 
 # Invented counterfacts in the EasyEdit CounterFact layout (not taken from any dataset).
@@ -97,7 +99,8 @@ def test_bench_writes_summary(runs, mode):
     result, directory = runs[mode]
     assert result.exit_code == 0, result.output
     summary = json.loads((directory / "summary.json").read_text())
-    assert set(summary) == SUMMARY_KEYS
+    assert set(summary) == SUMMARY_KEYS and set(summary["memory"]) == MEMORY_KEYS
+    assert summary["memory"]["peak_rss_mb"] >= summary["memory"]["rss_mb_last"] > 0
     assert (summary["method"], summary["dataset"], summary["n"], summary["batch_size"], summary["mode"]) == (
         "memit", "counterfact", 4, 2, mode)
     for block in ("metrics", "pre_metrics"):

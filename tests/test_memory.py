@@ -12,7 +12,7 @@ def test_snapshot_sees_a_large_allocation():
     block = torch.ones(64 * 2**20)  # 64 Mi float32 = 256 MiB, written so it is resident
     after = snapshot()
     assert after["rss"] - before["rss"] > 200
-    assert after["peak"] >= after["rss"] - 1  # the kernel's high-water mark lags by at most a page or so
+    assert after["peak"] >= after["rss"]
     del block
 
 

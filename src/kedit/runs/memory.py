@@ -23,7 +23,9 @@ def snapshot() -> dict[str, float]:
     """``{"rss": resident MiB now, "peak": the process's peak resident MiB so far}``."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peak_mib = peak / _MIB if sys.platform == "darwin" else peak / 1024
-    return {"rss": round(psutil.Process().memory_info().rss / _MIB, 1), "peak": round(peak_mib, 1)}
+    rss_mib = psutil.Process().memory_info().rss / _MIB
+    # Linux updates the high-water mark lazily, so it can trail the resident size of this moment
+    return {"rss": round(rss_mib, 1), "peak": round(max(peak_mib, rss_mib), 1)}
 
 
 def memory_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
@@ -38,7 +40,7 @@ def memory_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None
     """
     if not rows:
         return None
-    summary: dict[str, float] = {"peak_rss_mb": max(float(r["peak"]) for r in rows),
+    summary: dict[str, float] = {"peak_rss_mb": max(max(float(r["peak"]), float(r["rss"])) for r in rows),
                                  "rss_mb_first": float(rows[0]["rss"]), "rss_mb_last": float(rows[-1]["rss"])}
     later = rows[1:]
     if len(later) >= 3 and len({r["edits"] for r in later}) > 1:
