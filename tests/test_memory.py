@@ -17,7 +17,7 @@ def test_snapshot_sees_a_large_allocation():
 
 
 def test_summary_peak_spans_processes_and_slope_skips_the_first_batch():
-    # the first batch allocates (1,000 MiB); then 2 MiB per 1,000 edits; a resume restarts at 600 MiB
+    # the first batch allocates (1,000 MiB); then 2 MiB per 1,000 edits; the last line is a resumed process (peak 700)
     rows = [{"edits": 10, "rss": 1000.0, "peak": 1000.0}]
     rows += [{"edits": e, "rss": 500.0 + 0.002 * e, "peak": 1200.0} for e in (20, 30, 40)]
     rows += [{"edits": 50, "rss": 500.1, "peak": 700.0}]

@@ -40,6 +40,7 @@ def memory_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None
     """
     if not rows:
         return None
+    # max with rss: journal lines written before snapshot() took it into the peak may have a lagging one
     summary: dict[str, float] = {"peak_rss_mb": max(max(float(r["peak"]), float(r["rss"])) for r in rows),
                                  "rss_mb_first": float(rows[0]["rss"]), "rss_mb_last": float(rows[-1]["rss"])}
     later = rows[1:]
