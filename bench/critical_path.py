@@ -19,7 +19,8 @@ Writes one JSON table
 (``--out``), one run directory per stream run next to it, and the node-importance plot of the
 ``epochs`` run.  Stream runs checkpoint every ``--checkpoint-every`` batches; ``--resume`` continues
 them (no edit lost or repeated) and reuses finished ones, so a 300-request comparison can be built
-over several processes (one ``--baselines`` selection each, same ``--out`` and ``--tag``).
+over several processes (one ``--baselines`` selection each, same ``--out`` and ``--tag``; ``--skip-method``
+leaves the critical_path run to another process).
 
     python bench/critical_path.py --dataset zsre --n 4 --batch 2 --epochs 2 --tag smoke   # smoke test
     python bench/critical_path.py --dataset zsre --n 200 --batch 2 --epochs 12 --sweep    # full run
@@ -134,6 +135,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12, help="epochs protocol: epochs (reference: 11-15)")
     ap.add_argument("--protocols", nargs="*", default=["stream", "epochs"], choices=["stream", "epochs"])
     ap.add_argument("--baselines", nargs="*", default=list(BASELINES), help="sequential baselines (stream protocol)")
+    ap.add_argument("--skip-method", action="store_true",
+                    help="stream protocol: leave out the critical_path run itself (a process that runs baselines only)")
     ap.add_argument("--sweep", action="store_true", help="stream runs over N in {5,15,30} x lambda in {0,0.1,0.5}")
     ap.add_argument("--eval-every-epoch", action="store_true", help="epochs protocol: score after every epoch")
     ap.add_argument("--config", default="{}", help="JSON overrides of the critical_path config")
@@ -164,7 +167,8 @@ def main() -> None:
 
     plan = []
     if "stream" in args.protocols:
-        plan.append(("critical_path", "critical_path", base))
+        if not args.skip_method:
+            plan.append(("critical_path", "critical_path", base))
         plan += [(m, m, None) for m in args.baselines]
         if args.sweep:
             plan += [(f"critical_path_N{n}_lam{lam}", "critical_path", {**base, "topk": n, "lam": lam})
