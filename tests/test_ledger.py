@@ -108,6 +108,35 @@ def test_revert_is_bit_exact_after_several_applies(family, track):
     assert ledger.fingerprint() == ledger.base_fingerprint == weights_fingerprint(model)
 
 
+def test_history_without_deltas_holds_no_tensor_storage_and_reverts_bit_exactly():
+    """A long sequential run keeps provenance, not one dense delta per batch (flat memory)."""
+    model, _ = tiny_model("llama")
+    before = snapshot(model)
+    mlp, norm = targets(model)
+    kept = Ledger(model)
+    first = random_set(model, [mlp, norm], seed=1)
+    second = random_set(model, [mlp], seed=2, base=kept.base_fingerprint)
+    kept.apply(first)
+    kept.apply(second, check_fingerprint=False)
+    after_kept = snapshot(model)
+    kept.revert()
+    lean = Ledger(model, keep_deltas=False)
+    lean.apply(first)
+    lean.apply(second, check_fingerprint=False)
+    assert_same(model, after_kept)  # same weights either way
+    for entry, original in zip(lean.history, (first, second)):
+        assert entry.names() == original.names() and entry.request_ids() == original.request_ids()
+        assert entry.method == original.method and entry.meta == original.meta
+        for name, delta in entry.deltas.items():
+            assert delta.is_meta and delta.shape == original.deltas[name].shape
+            assert delta.dtype == original.deltas[name].dtype
+    assert not first.deltas[mlp].is_meta  # the caller's edit set is untouched
+    exact = lean.current_delta()
+    assert torch.allclose(exact[mlp], first.deltas[mlp] + second.deltas[mlp], atol=1e-6)
+    lean.revert()
+    assert_same(model, before)
+
+
 @FAMILIES
 def test_bfloat16_apply_and_revert_are_exact(family, track):
     model, _ = tiny_model(family)

@@ -97,9 +97,19 @@ def test_resume_refuses_missing_or_foreign_checkpoints(tmp_path):
         run_bench(model, tok, out_dir=tmp_path / "run2", resume=True, **other)
 
 
-def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path):
+def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path, monkeypatch):
     corpus = write_tiny_corpus(tmp_path / "corpus.txt")
     model, tok = tiny_model("llama")
+    from kedit.ledger.ledger import Ledger
+
+    held = []  # what the history holds at the end of the run: shapes only, no storage per batch
+    original_revert = Ledger.revert
+
+    def revert(self):
+        held.extend(d.is_meta for e in self.history for d in e.deltas.values())
+        return original_revert(self)
+
+    monkeypatch.setattr(Ledger, "revert", revert)
     summary = run_bench(model, tok, method="lyaplock", requests=_requests(), dataset="counterfact", batch_size=2,
                         mode="sequential", out_dir=tmp_path / "run", config=cheap_config("lyaplock", corpus),
                         cache_dir=tmp_path / "cache", progress=False)
@@ -113,6 +123,7 @@ def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "journal.jsonl").read_text().splitlines()]
     assert summary["memory"]["peak_rss_mb"] == max(line["memory_mb"]["peak"] for line in lines) > 0
     assert summary["memory"]["rss_mb_last"] == lines[-1]["memory_mb"]["rss"]
+    assert held and all(held)
 
 
 def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):

@@ -223,6 +223,7 @@ def run_bench(
     torch.manual_seed(seed)
 
     editor = Editor(model, tokenizer, method, config, cache_dir=cache_dir, progress=progress, value_cache=value_cache)
+    editor.ledger.keep_deltas = mode != "sequential"  # memory flat in the number of batches
     editor.config.to_yaml(out / "config.yaml")
     run_dir.write_json(out / "manifest.json", _manifest(editor, model, seed, data_path, dataset, mode, batch_size,
                                                  requests, run_args))
