@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kedit import EditRequest, Editor
 from kedit.errors import ConfigError
-from kedit.models.adapters import get_adapter
+from kedit.models.adapters import get_adapter, resolve_module
 from kedit.stages.chat import encode_qa, encode_question
 from kedit.stages.layer_fit import FitOptions, block_param_names, layer_fit_deltas
 from kedit.stages.layer_io import record_block, run_block
@@ -162,6 +162,24 @@ def test_block_replay_equals_model(family):
         out = run_block(model, adapter, 1, io)
     real = io.mask.bool()
     assert torch.equal(out[real], io.outputs[real])
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_record_block_stops_after_the_block_and_matches_the_full_forward(family):
+    model, tok = tiny_model(family)
+    adapter = get_adapter(model)
+    rows = [tok("hello there")["input_ids"]]
+    later = resolve_module(model, adapter.layer(2), adapter)
+    calls = []
+    handle = later.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        io = record_block(model, adapter, 1, rows, 0)
+    finally:
+        handle.remove()
+    assert calls == []  # layers above the block never ran
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor(rows), output_hidden_states=True).hidden_states[2]
+    assert torch.allclose(io.outputs, full, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "gpt2"])

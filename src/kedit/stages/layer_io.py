@@ -6,6 +6,8 @@ transformers version.  Here a forward *pre*-hook records exactly what the model 
 to the block — hidden states plus every keyword argument (attention mask in whatever form the
 attention implementation wants, rotary ``position_embeddings``, position ids) — so replaying
 ``block(x, **kwargs)`` is the model's own computation for any supported family and version.
+The recording forward stops after the block (baukit's ``stop``): the layers above it and the
+vocabulary projection are never run, which on SmolLM2-135M (block 7 of 30) saves ~80 % of it.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Sequence
 import torch
 
 from kedit.models.adapters import Adapter, resolve_module
-from kedit.models.hooks import eval_mode
+from kedit.models.hooks import StopForward, eval_mode
 from kedit.stages.tokens import pad_right
 
 __all__ = ["BlockIO", "record_block", "run_block"]
@@ -70,12 +72,15 @@ def record_block(model, adapter: Adapter, layer: int, rows: Sequence[Sequence[in
 
     def hook(module, args, kwargs, output):
         seen["output"] = _first(output)
+        raise StopForward()
 
     handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True),
                block.register_forward_hook(hook, with_kwargs=True)]
     try:
         with torch.no_grad(), eval_mode(model):
             model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except StopForward:
+        pass
     finally:
         for h in handles:
             h.remove()
