@@ -16,8 +16,9 @@ the answers) and locality_pre (argmax agreement with the unedited model, PAC's L
 efficacy / generalization / specificity (probability comparisons).  Stream runs of critical_path also
 report ``path_reuse``: per batch, the share of its critical nodes an earlier batch had already trained.
 Writes one JSON table
-(``--out``), one run directory per stream run next to it, and the node-importance plot of the
-``epochs`` run.  Stream runs checkpoint every ``--checkpoint-every`` batches; ``--resume`` continues
+(``--out``), one run directory per stream run next to it, the node-importance plot of the
+``epochs`` run, and per metric (efficacy, generalization) a plot of the stream runs' final score by
+the edit's position in the stream (``*_retention_<metric>.png``: old edits overwritten by later ones).  Stream runs checkpoint every ``--checkpoint-every`` batches; ``--resume`` continues
 them (no edit lost or repeated) and reuses finished ones, so a 300-request comparison can be built
 over several processes (one ``--baselines`` selection each, same ``--out`` and ``--tag``; ``--skip-method``
 leaves the critical_path run to another process).
@@ -38,6 +39,7 @@ import torch
 import kedit
 from kedit.data.loaders import load_requests
 from kedit.paths import data_dir
+from kedit.runs.retention import plot_retention
 from kedit.runs.run_dir import finished_summary, has_checkpoint, shared_pre_edit
 from kedit.runs.runner import headline_metrics, run_bench
 
@@ -177,6 +179,9 @@ def main() -> None:
         table["runs"][f"stream:{key}"] = _stream(model, tok, method, config, requests, args, data, runs_dir / key)
         print(f"stream:{key:32s} {table['runs'][f'stream:{key}']['metrics']}", flush=True)
         save()
+    stream_runs = {key: runs_dir / key for key, _, _ in plan if (runs_dir / key / "metrics.json").is_file()}
+    for metric in ("efficacy", "generalization"):
+        plot_retention(stream_runs, out / f"{stem}_retention_{metric}.png", metric=metric)
     if "epochs" in args.protocols:
         table["runs"]["epochs:critical_path"] = _epochs(model, tok, requests, args, base, runs_dir)
         print(f"epochs:critical_path {table['runs']['epochs:critical_path']['metrics']}", flush=True)

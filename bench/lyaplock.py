@@ -16,7 +16,8 @@ would write a rank-100 update into a 1536-dim space and make every batch a large
 Writes under ``--out``: one run directory per method (``summary.json``, ``journal.jsonl``, ...),
 ``table.json`` (rewritten after each method: metrics, pre-edit metrics, fluency, timing, LyapLock
 budget ratios, final D(t) and probes), ``preservation_loss.png`` (max over layers of D(t) per
-method, log scale, LyapLock budgets dashed) and ``probes.png`` (mean probe F1 against edits).
+method, log scale, LyapLock budgets dashed), ``probes.png`` (mean probe F1 against edits) and
+``retention.png`` (final efficacy by the edit's position in the stream: forgetting of early edits).
 
     python bench/lyaplock.py --n 1000 --batch-size 10 --out bench/results/lyaplock
 
@@ -44,6 +45,7 @@ from typing import Any
 from kedit.eval.probes import compact, mean_f1
 from kedit.runs.plots import (plot_preservation_comparison, plot_probe_comparison, preservation_series,
                               probe_series)
+from kedit.runs.retention import plot_retention
 from kedit.runs.run_dir import finished_summary, has_checkpoint, pre_probe_results, shared_pre_edit
 from kedit.runs.runner import run_bench
 
@@ -118,6 +120,7 @@ def _write_outputs(out: Path, args: argparse.Namespace, table: dict[str, Any]) -
     plot_preservation_comparison(journals, out / "preservation_loss.png")
     plot_probe_comparison(journals, out / "probes.png",
                           pre={m: row["probes"]["pre_mean_f1"] for m, row in table.items()})
+    plot_retention({method: out / method for method in table}, out / "retention.png")
 
 
 def _progress(out: Path, methods: list[str]) -> None:

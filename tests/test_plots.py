@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kedit.runs.plots import plot_preservation_comparison, plot_probe_comparison, preservation_series
+from kedit.runs.retention import plot_retention, retention_series, stream_positions
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,4 +56,44 @@ def test_comparison_plots_write_pngs(tmp_path):
     assert out.read_bytes().startswith(_PNG) and out.stat().st_size > 1000
     assert plot_preservation_comparison({"ft": journals["ft"]}, tmp_path / "none.png") is None
     assert plot_probe_comparison({"lyaplock": journals["lyaplock"]}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+# -- retention by stream position ----------------------------------------------------------------
+def _sequential_run(path, order, post, pre=None):
+    """A finished run directory: batches of two applying ``order``; ``post``/``pre``: id → efficacy (None = skipped)."""
+    path.mkdir()
+    _journal(path / "journal.jsonl", [{"batch": b, "request_ids": order[2 * b:2 * b + 2], "n_requests": 2}
+                                      for b in range((len(order) + 1) // 2)])
+    cases = {"post": [{"id": i, "efficacy": v, "skipped": v is None} for i, v in post.items()],
+             "pre": [{"id": i, "efficacy": v} for i, v in (pre or {}).items()]}
+    (path / "metrics.json").write_text(json.dumps({"protocol": "counterfact", "cases": cases}), encoding="utf-8")
+    return path
+
+
+def test_retention_series_places_cases_by_the_journal_order(tmp_path):
+    # applied 5, 3, 9, 1, 7; metrics list them in id order; 7 skipped; 42 never applied
+    run = _sequential_run(tmp_path / "run", [5, 3, 9, 1, 7],
+                          {1: 0.5, 3: 0.25, 5: 0.0, 7: None, 9: 1.0, 42: 1.0},
+                          pre={1: 0.0, 3: 0.5, 5: 0.5, 9: 0.0})
+    assert stream_positions(run / "journal.jsonl") == {5: 1, 3: 2, 9: 3, 1: 4, 7: 5}
+    rows = retention_series(run, "efficacy", bins=2)
+    assert rows == [{"first": 1, "last": 2, "n": 2, "post": 0.125, "pre": 0.5},
+                    {"first": 3, "last": 4, "n": 2, "post": 0.75, "pre": 0.0}]
+    assert [r["n"] for r in retention_series(run, bins=3)] == [2, 1, 1]
+    assert len(retention_series(run, bins=99)) == 4  # never more groups than cases
+    assert retention_series(run, "generalization", bins=1)[0]["post"] is None
+
+
+def test_retention_refuses_bad_input_and_plots_only_scored_runs(tmp_path):
+    run = _sequential_run(tmp_path / "run", [0, 1, 2, 3], {0: 0.0, 1: 1.0, 2: 1.0, 3: 1.0}, pre={0: 0.0, 1: 0.0})
+    with pytest.raises(ValueError, match="bins must be an int >= 1"):
+        retention_series(run, bins=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no journal.jsonl or metrics.json"):
+        retention_series(tmp_path / "empty")
+    out = plot_retention({"memit": run}, tmp_path / "out" / "retention.png", bins=2)
+    assert out.read_bytes().startswith(_PNG)
+    unscored = _sequential_run(tmp_path / "unscored", [0, 1], {0: None, 1: None})
+    assert plot_retention({"x": unscored}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
