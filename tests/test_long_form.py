@@ -13,10 +13,11 @@ from kedit import EditRequest, Editor
 from kedit.errors import ConfigError
 from kedit.models.adapters import get_adapter, resolve_module
 from kedit.stages.chat import encode_qa, encode_question
-from kedit.stages.layer_fit import FitOptions, block_param_names, layer_fit_deltas
+from kedit.stages.layer_fit import FitOptions, block_param_names, grouped_mse, layer_fit_deltas, masked_mse
 from kedit.stages.layer_io import record_block, run_block
 from kedit.stages.sequence_writer import memit_sequence_deltas, sequence_keys
 from kedit.stages.shifts import ShiftedSequence, ShiftOptions, optimise_shift, shift_gradient
+from kedit.stages.tokens import length_buckets
 from kedit.stages.windows import (affinity_coefficients, affinity_scores, figure_weights, lookup_positions,
                                   matryoshka_weights, split_windows, window_weights)
 from kedit.testing.checks import write_tiny_corpus
@@ -232,6 +233,66 @@ def test_memit_sequence_delta_solves_normal_equations():
     lhs = D @ (5.0 * C0 + Kp @ Kp.T + K1 @ K1.T)
     rhs = (z - h).T @ K1.T
     assert torch.allclose(lhs, rhs, atol=1e-4)
+
+
+def _partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[first]] + part
+        for k in range(len(part)):
+            yield part[:k] + [[first] + part[k]] + part[k + 1:]
+
+
+def _bucket_cost(lengths, groups, overhead):
+    return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 130), min_size=1, max_size=7), st.integers(0, 60))
+def test_length_buckets_is_an_optimal_partition(lengths, overhead):
+    groups = length_buckets(lengths, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    best = min(_bucket_cost(lengths, p, overhead) for p in _partitions(list(range(len(lengths)))))
+    assert _bucket_cost(lengths, groups, overhead) == best
+
+
+def test_length_buckets_splits_wikitext_like_lengths_and_refuses_negative_overhead():
+    assert length_buckets([100, 10, 12, 98], overhead=8) == [[1, 2], [3, 0]]
+    assert length_buckets([7] * 5) == [[0, 1, 2, 3, 4]]  # equal lengths: one batch
+    with pytest.raises(ValueError, match="overhead must be >= 0"):
+        length_buckets([3], overhead=-1)
+
+
+def test_grouped_preservation_loss_equals_the_one_batch_loss():
+    model, tok = tiny_model("llama")
+    adapter = get_adapter(model)
+    rows = [tok(t)["input_ids"] for t in ("a", "the old miller walked to the mill at dawn", "a blue boat", "x y")]
+    with torch.no_grad():
+        batch = record_block(model, adapter, 1, rows, 0)
+        one = masked_mse(run_block(model, adapter, 1, batch), batch.outputs + 0.1, batch.mask)
+        groups = [record_block(model, adapter, 1, [rows[i] for i in g], 0) for g in ([0, 3], [2], [1])]
+        for io in groups:
+            io.outputs = io.outputs + 0.1
+        grouped = grouped_mse(model, adapter, 1, groups)
+    assert float(one) == pytest.approx(float(grouped), rel=1e-5)
+
+
+def test_layer_fit_with_length_groups_matches_one_padded_batch():
+    model, tok = tiny_model("llama")
+    adapter = get_adapter(model)
+    rows = [tok("what is x?")["input_ids"]]
+    keep = [tok(t)["input_ids"] for t in ("the old miller walked to the mill at dawn and back", "a", "a blue boat")]
+    target = record_block(model, adapter, 1, rows, 0).outputs[0, -1].double() + 0.5
+    fit = dict(positions=[[len(rows[0]) - 1]], targets=[target[None]], keep_rows=keep, pad_id=0,
+               options=FitOptions(steps=10, lr=1e-2))
+    one, _ = layer_fit_deltas(model, adapter, [1], rows, bucket_overhead=None, **fit)
+    grouped, _ = layer_fit_deltas(model, adapter, [1], rows, bucket_overhead=0, **fit)
+    assert len(length_buckets([len(r) for r in keep], 0)) > 1  # really ran in groups
+    for name in one:
+        assert torch.allclose(one[name], grouped[name], atol=1e-5, rtol=1e-3), name
 
 
 def test_layer_fit_touches_only_its_block_and_reaches_target():
