@@ -16,7 +16,7 @@ from kedit.stages.chat import encode_qa, encode_question
 from kedit.stages.layer_fit import FitOptions, block_param_names, grouped_mse, layer_fit_deltas, masked_mse
 from kedit.stages.layer_io import record_block, run_block
 from kedit.stages.sequence_writer import memit_sequence_deltas, sequence_keys
-from kedit.stages.shifts import ShiftedSequence, ShiftOptions, optimise_shift, shift_gradient
+from kedit.stages.shifts import ShiftedSequence, ShiftOptions, optimise_shift, shift_gradients
 from kedit.stages.tokens import length_buckets
 from kedit.stages.windows import (affinity_coefficients, affinity_scores, figure_weights, lookup_positions,
                                   matryoshka_weights, split_windows, window_weights)
@@ -89,6 +89,28 @@ def test_affinity_coefficient_orders():
         affinity_coefficients(scores, "sideways")
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_shared_forward_gradients_equal_one_pass_each(family):
+    """shift_gradients (one forward, prefix cache where it applies) = one full forward per weight vector."""
+    model, tok = tiny_model(family)
+    adapter = get_adapter(model)
+    enc = encode_qa(tok, "Q: what?", "abcdefghij", chat=False)
+    windows = split_windows(enc.n_answer, 3)
+    positions = lookup_positions(enc.n_prompt, windows)
+    seq = ShiftedSequence(model, adapter, 1, enc.ids)
+    n = len(enc.ids)
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(32, generator=g) * 0.1
+    frozen = [(positions[0], torch.randn(32, generator=g) * 0.1)]
+    weights = [figure_weights(n, enc.n_prompt, windows, 1, j) for j in range(1, len(windows))]
+    shared = shift_gradients(seq, positions[1], delta, weights, weight_decay=1e-3, frozen_shifts=frozen)
+    for w, got in zip(weights, shared):
+        alone = shift_gradients(seq, positions[1], delta, [w], weight_decay=1e-3, frozen_shifts=frozen,
+                                prefix_cache=False)[0]
+        assert torch.allclose(got, alone, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(shared[0], shared[-1])  # the figures really differ
+
+
 def test_affinity_scores_equal_direct_cosines():
     """Eq. 12 on a tiny model: the cosines equal a direct autograd computation at the same iterates."""
     model, tok = tiny_model("llama")
@@ -99,11 +121,11 @@ def test_affinity_scores_equal_direct_cosines():
     seq = ShiftedSequence(model, adapter, 1, enc.ids)
     n = len(enc.ids)
 
-    def gradient(delta, j):
-        return shift_gradient(seq, positions[0], delta, figure_weights(n, enc.n_prompt, windows, 0, j),
-                              weight_decay=1e-3)
+    def gradients(delta, js):
+        return shift_gradients(seq, positions[0], delta, [figure_weights(n, enc.n_prompt, windows, 0, j) for j in js],
+                               weight_decay=1e-3)
 
-    scores = affinity_scores(gradient, windows, 0, steps=2, lr=0.5, d=32)
+    scores = affinity_scores(gradients, windows, 0, steps=2, lr=0.5, d=32)
     # direct: replay the same Adam iterates with a hand-written hook-based loss
     name = adapter.layer(1)
     h_norm = seq.h(positions[0]).norm().float()

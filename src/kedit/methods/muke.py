@@ -16,7 +16,7 @@ from kedit.config import Config, field
 from kedit.methods.anyedit import AnyEditConfig, AnyEditUnkeConfig, MemitSequenceWriterMixin
 from kedit.methods.long_form import LongFormMethod, ShiftConfig, UnkeWriterMixin
 from kedit.methods.registry import register_method
-from kedit.stages.shifts import ShiftedSequence, optimise_shift, shift_gradient
+from kedit.stages.shifts import ShiftedSequence, optimise_shift, shift_gradients
 from kedit.stages.windows import (affinity_coefficients, affinity_scores, figure_weights, lookup_positions,
                                   matryoshka_weights, split_windows)
 
@@ -94,11 +94,11 @@ class MatryoshkaTargetsMixin:
         wd = cfg.target.weight_decay
         n = len(enc.ids)
 
-        def gradient(delta, j):
-            weights = figure_weights(n, enc.n_prompt, windows, i, j).to(seq.ids.device)
-            return shift_gradient(seq, positions[i], delta, weights, weight_decay=wd)
+        def gradients(delta, js):
+            weights = [figure_weights(n, enc.n_prompt, windows, i, j).to(seq.ids.device) for j in js]
+            return shift_gradients(seq, positions[i], delta, weights, weight_decay=wd)
 
-        scores = affinity_scores(gradient, windows, i, steps=mat.affinity_steps, lr=cfg.target.lr,
+        scores = affinity_scores(gradients, windows, i, steps=mat.affinity_steps, lr=cfg.target.lr,
                                  d=seq.hidden.shape[-1], dtype=seq.hidden.dtype)
         return affinity_coefficients(scores, mat.affinity_order)
 

@@ -22,7 +22,7 @@ from kedit.models.adapters import Adapter
 from kedit.models.hooks import eval_mode, frozen, trace
 from kedit.stages.forward import final_hidden_from, final_hidden_with_edit, hidden_after, tail_layers
 
-__all__ = ["ShiftOptions", "ShiftResult", "ShiftedSequence", "optimise_shift", "shift_gradient"]
+__all__ = ["ShiftOptions", "ShiftResult", "ShiftedSequence", "optimise_shift", "shift_gradients"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,15 +133,19 @@ class _SuffixSteps:
         return logp.gather(1, seq.ids[0, needed + 1][:, None]).squeeze(1)
 
 
+def _token_logprobs(seq: ShiftedSequence, position: int, delta, needed: torch.Tensor, frozen_pos, frozen_delta,
+                    upto: int | None, suffix: "_SuffixSteps | None") -> torch.Tensor:
+    if suffix is not None:
+        return suffix.token_logprobs(delta, needed)
+    positions = torch.cat([frozen_pos, torch.tensor([position], device=frozen_pos.device)])
+    deltas = torch.cat([frozen_delta.to(delta.dtype), delta[None]])
+    return seq.token_logprobs(positions, deltas, upto=upto, needed=needed)
+
+
 def _loss(seq: ShiftedSequence, position: int, delta, weights: torch.Tensor, frozen_pos, frozen_delta,
           weight_decay: float, h_norm: torch.Tensor, upto: int | None, suffix: "_SuffixSteps | None" = None):
     needed = torch.nonzero(weights).flatten()
-    if suffix is not None:
-        logp = suffix.token_logprobs(delta, needed)
-    else:
-        positions = torch.cat([frozen_pos, torch.tensor([position], device=frozen_pos.device)])
-        deltas = torch.cat([frozen_delta.to(delta.dtype), delta[None]])
-        logp = seq.token_logprobs(positions, deltas, upto=upto, needed=needed)
+    logp = _token_logprobs(seq, position, delta, needed, frozen_pos, frozen_delta, upto, suffix)
     nll = -(weights[needed].to(logp.dtype) * logp).sum()
     return nll + weight_decay * delta.norm().float() / (h_norm ** 2)
 
@@ -153,16 +157,35 @@ def _frozen(frozen_shifts, d, dtype, device):
     return pos, torch.stack([x.detach() for _, x in frozen_shifts]).to(dtype)
 
 
-def shift_gradient(seq: ShiftedSequence, position: int, delta: torch.Tensor, weights: torch.Tensor, *,
-                   weight_decay: float, frozen_shifts=(), upto: int | None = None) -> torch.Tensor:
-    """∇_δ of the weighted loss at ``delta`` (μKE's affinity, eq. 12, needs these gradients)."""
+def _suffix_applies(seq: ShiftedSequence, position: int, frozen_pos, weights: torch.Tensor) -> bool:
+    """The prefix cache is exact when nothing before ``position`` moves and no weighted token precedes it."""
+    return (seq.adapter.residual_inputs_embeds and position > 0 and bool((frozen_pos < position).all())
+            and int(torch.nonzero(weights).min()) >= position)
+
+
+def shift_gradients(seq: ShiftedSequence, position: int, delta: torch.Tensor, weights: Sequence[torch.Tensor], *,
+                    weight_decay: float, frozen_shifts=(), upto: int | None = None,
+                    prefix_cache: bool = True) -> list[torch.Tensor]:
+    """∇_δ of each weighted loss at the same ``delta`` (μKE's affinity, eq. 12, compares the
+    gradients of every figure F_i^j at one point).  The token log-probabilities do not depend on
+    the weights, so one forward pass (from the shifted position on, with the prefix cache) serves
+    all of them, and each gradient costs one backward pass."""
     fp, fd = _frozen(frozen_shifts, seq.hidden.shape[-1], seq.hidden.dtype, seq.ids.device)
     h_norm = seq.h(position).norm().float()
     delta = delta.detach().clone().requires_grad_(True)
+    union = torch.stack([w != 0 for w in weights]).any(0).to(torch.float64)
     with frozen(seq.model), eval_mode(seq.model):
-        loss = _loss(seq, position, delta, weights, fp, fd, weight_decay, h_norm, upto)
-        (grad,) = torch.autograd.grad(loss, [delta])
-    return grad
+        suffix = _SuffixSteps(seq, position, fp, fd, upto) if prefix_cache and _suffix_applies(seq, position, fp, union) \
+            else None
+        needed = torch.nonzero(union).flatten()
+        logp = _token_logprobs(seq, position, delta, needed, fp, fd, upto, suffix)
+        decay = weight_decay * delta.norm().float() / (h_norm ** 2)
+        grads = []
+        for k, w in enumerate(weights):
+            loss = -(w[needed].to(logp.dtype) * logp).sum() + decay
+            (grad,) = torch.autograd.grad(loss, [delta], retain_graph=k < len(weights) - 1)
+            grads.append(grad)
+    return grads
 
 
 def optimise_shift(seq: ShiftedSequence, position: int, weights: torch.Tensor, options: ShiftOptions, *,
@@ -180,8 +203,7 @@ def optimise_shift(seq: ShiftedSequence, position: int, weights: torch.Tensor, o
     last, steps = float("nan"), 0
     with frozen(seq.model), eval_mode(seq.model):
         suffix = None
-        if options.prefix_cache and seq.adapter.residual_inputs_embeds and position > 0 \
-                and bool((fp < position).all()) and int(torch.nonzero(weights).min()) >= position:
+        if options.prefix_cache and _suffix_applies(seq, position, fp, weights):
             suffix = _SuffixSteps(seq, position, fp, fd, upto)
         for it in range(options.steps):
             loss = _loss(seq, position, delta, weights, fp, fd, options.weight_decay, h_norm, upto, suffix)

@@ -73,23 +73,23 @@ def matryoshka_weights(seq_len: int, n_prompt: int, windows: Sequence[Window], i
     return w
 
 
-def affinity_scores(gradient, windows: Sequence[Window], i: int, *, steps: int = 3, lr: float = 0.5,
+def affinity_scores(gradients, windows: Sequence[Window], i: int, *, steps: int = 3, lr: float = 0.5,
                     d: int, dtype=torch.float32) -> list[float]:
     """a_{i,j} = mean_t cos(∇L(F_i^i), ∇L(F_i^j)) for j = i+1..n−1 (eq. 12).
 
-    ``gradient(delta, j) -> ∇_δ`` of NLL(F_i^j) + decay at ``delta`` (on the un-shifted model, no
-    earlier δ's, as the reference).  δ starts at 0 and takes ``steps`` Adam steps (lr) along the
-    first figure's gradient; the cosines are taken at the iterates before each step.
+    ``gradients(delta, js) -> [∇_δ for j in js]``: the gradients of NLL(F_i^j) + decay at ``delta``
+    (on the un-shifted model, no earlier δ's, as the reference), all at one point so that a caller
+    can share the forward pass (:func:`~kedit.stages.shifts.shift_gradients`).  δ starts at 0 and
+    takes ``steps`` Adam steps (lr) along the first figure's gradient; the cosines are taken at the
+    iterates before each step.
     """
     n = len(windows)
     delta = torch.zeros(d, dtype=dtype, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     sums = [0.0] * (n - i - 1)
     for _ in range(steps):
-        point = delta.detach().clone()
-        g_first = gradient(point, i)
-        for k, j in enumerate(range(i + 1, n)):
-            g_j = gradient(point, j)
+        g_first, *g_rest = gradients(delta.detach().clone(), list(range(i, n)))
+        for k, g_j in enumerate(g_rest):
             sums[k] += float(torch.nn.functional.cosine_similarity(g_first.double(), g_j.double(), dim=0))
         opt.zero_grad()
         delta.grad = g_first.to(delta.dtype).clone()
