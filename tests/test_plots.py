@@ -6,7 +6,7 @@ import json
 import pytest
 
 from kedit.runs.plots import plot_preservation_comparison, plot_probe_comparison, preservation_series
-from kedit.runs.retention import plot_retention, retention_series, stream_positions
+from kedit.runs.retention import place_cases, plot_retention, retention_series, stream_order
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -72,17 +72,24 @@ def _sequential_run(path, order, post, pre=None):
 
 
 def test_retention_series_places_cases_by_the_journal_order(tmp_path):
-    # applied 5, 3, 9, 1, 7; metrics list them in id order; 7 skipped; 42 never applied
+    # applied 5, 3, 9, 1, 7; 7 skipped; 42 never applied
     run = _sequential_run(tmp_path / "run", [5, 3, 9, 1, 7],
-                          {1: 0.5, 3: 0.25, 5: 0.0, 7: None, 9: 1.0, 42: 1.0},
-                          pre={1: 0.0, 3: 0.5, 5: 0.5, 9: 0.0})
-    assert stream_positions(run / "journal.jsonl") == {5: 1, 3: 2, 9: 3, 1: 4, 7: 5}
+                          {5: 0.0, 3: 0.25, 9: 1.0, 1: 0.5, 42: 1.0, 7: None},
+                          pre={5: 0.5, 3: 0.5, 9: 0.0, 1: 0.0})
+    assert stream_order(run / "journal.jsonl") == [5, 3, 9, 1, 7]
     rows = retention_series(run, "efficacy", bins=2)
     assert rows == [{"first": 1, "last": 2, "n": 2, "post": 0.125, "pre": 0.5},
                     {"first": 3, "last": 4, "n": 2, "post": 0.75, "pre": 0.0}]
     assert [r["n"] for r in retention_series(run, bins=3)] == [2, 1, 1]
     assert len(retention_series(run, bins=99)) == 4  # never more groups than cases
     assert retention_series(run, "generalization", bins=1)[0]["post"] is None
+
+
+def test_cases_are_placed_on_a_stride_and_in_streams_that_repeat_an_id():
+    order = ["a", "b", "a", "c", "b", "a"]
+    assert place_cases(order, [{"id": "a"}, {"id": "a"}, {"id": "b"}]) == [1, 3, 5]  # score_every 2
+    assert place_cases(order, [{"id": "a"}, {"id": "z"}, {"id": "c"}]) == [1, None, 4]
+    assert place_cases(order, [{"id": "c"}, {"id": "b"}, {"id": "c"}]) == [4, 5, None]  # none after 5
 
 
 def test_retention_refuses_bad_input_and_plots_only_scored_runs(tmp_path):

@@ -124,6 +124,13 @@ def test_sequential_lyaplock_summary_has_budget_ratios_and_plot(tmp_path, monkey
     assert summary["memory"]["peak_rss_mb"] == max(line["memory_mb"]["peak"] for line in lines) > 0
     assert summary["memory"]["rss_mb_last"] == lines[-1]["memory_mb"]["rss"]
     assert held and all(held)
+    # which edits the final model still holds, by position in the stream
+    retention = summary["retention"]
+    cases = json.loads((tmp_path / "run" / "metrics.json").read_text())["cases"]["post"]
+    assert retention["metric"] == "efficacy" and retention["groups"][0]["first"] == 1
+    assert sum(g["n"] for g in retention["groups"]) == len(cases) == summary["n"]
+    assert retention["groups"][-1]["last"] == sum(len(line["request_ids"]) for line in lines)
+    assert (tmp_path / "run" / "retention.png").stat().st_size > 1000
 
 
 def test_resume_reads_the_pre_edit_scores_back(tmp_path, monkeypatch, caplog):

@@ -5,7 +5,8 @@ two failures: edits that never took, and edits that took but were overwritten by
 out by the request's position in the stream, the second shows as a curve that rises towards the
 most recent edits (the last batch has had nothing written over it); the first as a curve that is
 low everywhere.  Positions come from the journal's ``request_ids`` (the order the edits were
-applied), so runs scored on a stride (``score_every``) place their cases correctly too.
+applied); the scored cases are in that order too, so each is matched to the next stream position
+with its id — right for runs scored on a stride (``score_every``) and for streams that repeat an id.
 """
 from __future__ import annotations
 
@@ -15,16 +16,26 @@ from typing import Any, Mapping
 
 from kedit.runs.plots import _pyplot, _records, _save
 
-__all__ = ["stream_positions", "retention_series", "plot_retention"]
+__all__ = ["stream_order", "place_cases", "retention_series", "plot_retention"]
 
 
-def stream_positions(journal: str | Path) -> dict[Any, int]:
-    """Request id → 1-based position in the stream (the first time it was applied)."""
-    positions: dict[Any, int] = {}
-    for _, record in _records(journal):
-        for rid in record.get("request_ids") or ():
-            positions.setdefault(rid, len(positions) + 1)
-    return positions
+def stream_order(journal: str | Path) -> list[Any]:
+    """The request ids in the order they were applied (position p is index p − 1)."""
+    return [rid for _, record in _records(journal) for rid in record.get("request_ids") or ()]
+
+
+def place_cases(order: list[Any], cases: list[dict]) -> list[int | None]:
+    """1-based stream position of each case (cases in stream order): the next position after the
+    previous case's that carries its id; None when no later position does."""
+    placed, at = [], 0
+    for case in cases:
+        try:
+            at = order.index(case.get("id"), at) + 1
+        except ValueError:
+            placed.append(None)
+            continue
+        placed.append(at)
+    return placed
 
 
 def retention_series(run_dir: str | Path, metric: str = "efficacy", bins: int = 10) -> list[dict[str, Any]]:
@@ -38,7 +49,7 @@ def retention_series(run_dir: str | Path, metric: str = "efficacy", bins: int = 
     Returns:
         Per group: ``first`` and ``last`` stream position, ``n`` cases, and the mean ``post`` and
         ``pre`` value of ``metric`` (``None`` where no case of the group has it).  Skipped cases
-        and cases whose id the journal never applied are left out.
+        and cases the journal never applied (at or after the previous case's position) are left out.
 
     Raises:
         ValueError: ``bins`` below 1, or a run directory without both files.
@@ -50,11 +61,12 @@ def retention_series(run_dir: str | Path, metric: str = "efficacy", bins: int = 
     missing = [p.name for p in (journal, metrics) if not p.is_file()]
     if missing:
         raise ValueError(f"retention_series: {run_dir} has no {' or '.join(missing)} (not a finished run directory).")
-    positions = stream_positions(journal)
+    order = stream_order(journal)
     cases = json.loads(metrics.read_text(encoding="utf-8"))["cases"]
-    pre_by_id = {c.get("id"): c for c in cases.get("pre") or []}
-    placed = sorted((positions[c["id"]], c, pre_by_id.get(c["id"], {})) for c in cases["post"]
-                    if not c.get("skipped") and c.get("id") in positions)
+    post, pre = cases["post"], cases.get("pre") or []
+    pre_at = dict(zip(place_cases(order, pre), pre))
+    placed = [(p, c, pre_at.get(p, {})) for p, c in zip(place_cases(order, post), post)
+              if p is not None and not c.get("skipped")]
     if not placed:
         return []
     bins = min(bins, len(placed))
