@@ -7,6 +7,7 @@ Figure 5).
 
 Edits are independent: tables over disjoint slices (``--start``, ``--domain-start``) pool exactly.
 Answers longer than --max-answer-tokens are cut (CPU budget; the reference edits them whole).
+The unedited model is scored once per dataset: later methods read the first one's ``pre_edit.json``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import yaml
 import kedit
 from kedit.data.unstructured import load_editeverything, load_unkebench
 from kedit.paths import data_dir
+from kedit.runs.run_dir import shared_pre_edit
 from kedit.runs.runner import run_bench
 
 METHODS = ("unke", "anyedit", "anyedit_unke", "muke", "muke_unke", "muke_vanilla")
@@ -116,7 +118,8 @@ def main() -> None:
             run_dir = out / f"{name}-{method}"
             summary = run_bench(model, tok, method=method, requests=requests, dataset=name, batch_size=1,
                                 mode="independent", out_dir=run_dir, config=overrides.get(method), data_path=path,
-                                progress=True, save_edits=False)
+                                progress=True, save_edits=False, keep_pre_edit=True,
+                                pre_edit_from=shared_pre_edit(out, [f"{name}-{m}" for m in args.methods]))
             table[f"{name}:{method}"] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                                          "timing": summary["timing"], "wall_seconds": time.perf_counter() - start,
                                          "n": len(requests)}

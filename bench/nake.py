@@ -6,7 +6,8 @@ diagnostics (NaKE Figures 2–3) and an optional fixed-weight sweep (Figure 4).
     python bench/nake.py --dataset counterfact --n 200 --sweep --out bench/results/nake_cf
 
 Edits are independent, so a table over records 0-99 and one over 100-199 (``--start 100``) pool into
-the 200-record table exactly (means weighted by n).
+the 200-record table exactly (means weighted by n).  The unedited model is scored once: later runs
+read the first one's ``pre_edit.json``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import kedit
 from kedit.data.loaders import load_requests
 from kedit.paths import data_dir
 from kedit.runs.nash_plots import load_diagnostics, plot_nash_figures
+from kedit.runs.run_dir import shared_pre_edit
 from kedit.runs.runner import run_bench
 
 FILES = {"zsre": "zsre/zsre_mend_edit.json", "counterfact": "counterfact/counterfact-edit.json"}
@@ -80,7 +82,8 @@ def main() -> None:
         start = time.perf_counter()
         summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset, protocol="knowedit",
                             batch_size=1, mode="independent", out_dir=out / name, config=merged, data_path=path,
-                            progress=True, save_edits=False)
+                            progress=True, save_edits=False, keep_pre_edit=True,
+                            pre_edit_from=shared_pre_edit(out, list(runs)))
         diagnostics = load_diagnostics(out / name / "journal.jsonl")
         table[name] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                        "fluency": summary["fluency"], "timing": summary["timing"],

@@ -187,6 +187,21 @@ def test_another_method_starts_from_a_comparisons_pre_edit_scores(tmp_path, monk
                   pre_edit_from=tmp_path / "no-such-run", **common)
 
 
+def test_independent_methods_of_one_comparison_score_the_unedited_model_once(tmp_path, monkeypatch):
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    model, tok = tiny_model("llama")
+    common = dict(requests=_requests()[:2], dataset="zsre", batch_size=1, mode="independent",
+                  cache_dir=tmp_path / "cache", progress=False, keep_pre_edit=True)
+    first = run_bench(model, tok, method="memit", out_dir=tmp_path / "memit", config=cheap_config("memit", corpus),
+                      **common)
+    calls = _count_evaluations(monkeypatch)
+    second = run_bench(model, tok, method="rome", out_dir=tmp_path / "rome", config=cheap_config("rome", corpus),
+                       pre_edit_from=shared_pre_edit(tmp_path, ["memit", "rome"]), **common)
+    assert calls["evaluate"] == 2  # one per edited request, none for the unedited model
+    assert second["pre_metrics"] == first["pre_metrics"]
+    assert (tmp_path / "rome" / PRE_EDIT_FILE).is_file()
+
+
 def test_finished_summary_and_shared_pre_edit_find_earlier_processes_files(tmp_path):
     """The two questions a multi-process comparison asks of its output folder."""
     assert finished_summary(tmp_path / "memit") is None and shared_pre_edit(tmp_path, ["memit", "rect"]) is None

@@ -151,6 +151,7 @@ def run_bench(
     protocol: str | None = None,
     pre_edit_from: str | os.PathLike | None = None,
     score_every: int = 1,
+    keep_pre_edit: bool = False,
 ) -> dict[str, Any]:
     """Edit ``requests`` in batches with ``method``, score them and write the run directory ``out_dir``.
 
@@ -190,6 +191,8 @@ def run_bench(
         pre_edit_from: the ``pre_edit.json`` (or run directory) of another run on the same requests and
             base weights, e.g. another method of one comparison: its pre-edit scores and probes are
             used instead of measuring them again (ignored, with a warning, if they do not match).
+        keep_pre_edit: write ``pre_edit.json`` into the run directory for the next method of a
+            comparison to start from (always done by checkpointing sequential runs, for their resume).
         score_every: sequential mode: score every this many-th request (``requests[::score_every]``),
             before and after editing; every request is still edited.  For very long streams, where
             scoring all 10,000 requests twice would take longer than editing them.
@@ -235,7 +238,7 @@ def run_bench(
     stats_seconds = time.perf_counter() - start
     log.info("statistics and projections ready in %.1f s", stats_seconds)
 
-    keep_pre = mode == "sequential" and bool(checkpoint_every)
+    keep_pre = keep_pre_edit or (mode == "sequential" and bool(checkpoint_every))
     sources = [out / run_dir.PRE_EDIT_FILE] if resume else []
     if pre_edit_from is not None:
         if not run_dir.pre_edit_file(pre_edit_from).is_file():
