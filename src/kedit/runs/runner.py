@@ -405,7 +405,7 @@ def run_bench(
     if memory_used is not None:
         summary["memory"] = memory_used
     if mode == "sequential":
-        _retention_summary(summary, post_cases, out)
+        _plot_retention(summary["method"], post_cases, out)
     budget = budget_summary(journal_path) if mode == "sequential" else None
     if budget is not None:
         summary["lyaplock"] = budget
@@ -418,16 +418,15 @@ def run_bench(
     return summary
 
 
-def _retention_summary(summary: dict, post_cases: list[dict], out: Path) -> None:
-    """Sequential runs: the headline per-case score in ten groups of stream position, and its plot
-    (``retention.png``) — early edits overwritten by later ones show as a curve rising to the right."""
-    from kedit.runs.retention import plot_retention, retention_series
+def _plot_retention(method: str, post_cases: list[dict], out: Path) -> None:
+    """Sequential runs: ``retention.png``, the headline per-case score in ten groups of stream
+    position — early edits overwritten by later ones show as a curve rising to the right
+    (:func:`kedit.runs.retention.retention_series` gives the numbers)."""
+    from kedit.runs.retention import plot_retention
 
     metric = next((m for m in ("efficacy", "edit_succ") if any(c.get(m) is not None for c in post_cases)), None)
-    if metric is None:
-        return
-    summary["retention"] = {"metric": metric, "groups": retention_series(out, metric)}
-    plot_retention({summary["method"]: out}, out / "retention.png", metric=metric)
+    if metric is not None:
+        plot_retention({method: out}, out / "retention.png", metric=metric)
 
 
 def _scored(requests: list[EditRequest], mode: str, score_every: int) -> list[EditRequest]:
