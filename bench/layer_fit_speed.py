@@ -20,25 +20,13 @@ from pathlib import Path
 import torch
 
 import kedit
-from kedit.methods.long_form import LayerFitConfig
+from kedit.methods.long_form import LayerFitConfig, corpus_passages
 from kedit.models.adapters import get_adapter
 from kedit.stages.chat import encode_qa
 from kedit.stages.layer_fit import layer_fit_deltas
 from kedit.stages.layer_io import record_block
 from kedit.stages.tokens import length_buckets
-from kedit.stats.corpus import default_corpus, read_corpus
-
-
-def preservation_pool(tok, cap: int, size: int = 2000) -> list[list[int]]:
-    """WikiText paragraphs of at least 8 tokens, cut at ``cap`` (the UnKE writer's default pool)."""
-    pool = []
-    for text in read_corpus(default_corpus()):
-        ids = tok(text)["input_ids"]
-        if len(ids) >= 8:
-            pool.append(ids[:cap])
-        if len(pool) >= size:
-            break
-    return pool
+from kedit.stats.corpus import default_corpus
 
 
 def main() -> None:
@@ -54,7 +42,7 @@ def main() -> None:
                                    **({} if args.steps is None else {"steps": args.steps}))
     options, layer = cfg.options(), cfg.layers[0]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    pool = preservation_pool(tok, cfg.preservation_tokens)
+    pool = [ids[: cfg.preservation_tokens] for _, ids in corpus_passages(tok, default_corpus())]
     enc = encode_qa(tok, "Which river flows through the capital?", "The Danube flows through it.")
     rows, position = [enc.ids], [[enc.n_prompt - 1]]
     target = record_block(model, adapter, layer, rows, pad).outputs[0, enc.n_prompt - 1].double() + 0.05

@@ -89,15 +89,19 @@ def test_affinity_coefficient_orders():
         affinity_coefficients(scores, "sideways")
 
 
+def _windowed(family, question, answer):
+    """A tiny model, its shiftable sequence after block 1 for question + answer, 3-token windows."""
+    model, tok = tiny_model(family)
+    enc = encode_qa(tok, question, answer, chat=False)
+    windows = split_windows(enc.n_answer, 3)
+    seq = ShiftedSequence(model, get_adapter(model), 1, enc.ids)
+    return model, seq, enc, windows, lookup_positions(enc.n_prompt, windows)
+
+
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_shared_forward_gradients_equal_one_pass_each(family):
     """shift_gradients (one forward, prefix cache where it applies) = one full forward per weight vector."""
-    model, tok = tiny_model(family)
-    adapter = get_adapter(model)
-    enc = encode_qa(tok, "Q: what?", "abcdefghij", chat=False)
-    windows = split_windows(enc.n_answer, 3)
-    positions = lookup_positions(enc.n_prompt, windows)
-    seq = ShiftedSequence(model, adapter, 1, enc.ids)
+    model, seq, enc, windows, positions = _windowed(family, "Q: what?", "abcdefghij")
     n = len(enc.ids)
     g = torch.Generator().manual_seed(0)
     delta = torch.randn(32, generator=g) * 0.1
@@ -113,12 +117,8 @@ def test_shared_forward_gradients_equal_one_pass_each(family):
 
 def test_affinity_scores_equal_direct_cosines():
     """Eq. 12 on a tiny model: the cosines equal a direct autograd computation at the same iterates."""
-    model, tok = tiny_model("llama")
-    adapter = get_adapter(model)
-    enc = encode_qa(tok, "Q?", "abcdefgh", chat=False)
-    windows = split_windows(enc.n_answer, 3)
-    positions = lookup_positions(enc.n_prompt, windows)
-    seq = ShiftedSequence(model, adapter, 1, enc.ids)
+    model, seq, enc, windows, positions = _windowed("llama", "Q?", "abcdefgh")
+    adapter = seq.adapter
     n = len(enc.ids)
 
     def gradients(delta, js):

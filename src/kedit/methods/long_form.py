@@ -23,7 +23,7 @@ from kedit.stages.layer_fit import FitOptions, layer_fit_deltas
 from kedit.stages.shifts import ShiftOptions
 from kedit.stats.corpus import default_corpus, read_corpus
 
-__all__ = ["ShiftConfig", "LayerFitConfig", "LongFormMethod", "UnkeWriterMixin", "CHAT_CHOICES"]
+__all__ = ["ShiftConfig", "LayerFitConfig", "LongFormMethod", "UnkeWriterMixin", "CHAT_CHOICES", "corpus_passages"]
 
 CHAT_CHOICES = ("auto", "on", "off")
 
@@ -148,6 +148,19 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+def corpus_passages(tokenizer, corpus, *, size: int = 2000, min_tokens: int = 8) -> list[tuple[str, list[int]]]:
+    """The first ``size`` paragraphs of ``corpus`` with at least ``min_tokens`` tokens, with their ids:
+    the UnKE writer's default preservation pool (the reference samples Alpaca, which we do not have)."""
+    pool = []
+    for text in read_corpus(corpus):
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) >= min_tokens:
+            pool.append((text, ids))
+        if len(pool) >= size:
+            break
+    return pool
+
+
 class UnkeWriterMixin:
     """The UnKE layer fit as a writer, with its preservation set."""
 
@@ -176,13 +189,7 @@ class UnkeWriterMixin:
                 pool.append((r.text, encode_request(tok, r).ids))
         else:
             corpus = self.config.stats.corpus or default_corpus()
-            pool = []
-            for text in read_corpus(corpus):
-                ids = tok(text)["input_ids"]
-                if len(ids) >= 8:
-                    pool.append((text, ids))
-                if len(pool) >= 2000:
-                    break
+            pool = corpus_passages(tok, corpus)
         if not pool:
             from kedit.errors import DataError
 
