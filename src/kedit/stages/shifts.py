@@ -146,8 +146,12 @@ def _loss(seq: ShiftedSequence, position: int, delta, weights: torch.Tensor, fro
           weight_decay: float, h_norm: torch.Tensor, upto: int | None, suffix: "_SuffixSteps | None" = None):
     needed = torch.nonzero(weights).flatten()
     logp = _token_logprobs(seq, position, delta, needed, frozen_pos, frozen_delta, upto, suffix)
-    nll = -(weights[needed].to(logp.dtype) * logp).sum()
-    return nll + weight_decay * delta.norm().float() / (h_norm ** 2)
+    return _objective(logp, weights[needed], delta, weight_decay, h_norm)
+
+
+def _objective(logp: torch.Tensor, w: torch.Tensor, delta, weight_decay: float, h_norm: torch.Tensor) -> torch.Tensor:
+    """−Σ_t w_t log p_t + wd·‖δ‖/‖h‖² (the module docstring's L(δ_i)), from the needed tokens' log-probs."""
+    return -(w.to(logp.dtype) * logp).sum() + weight_decay * delta.norm().float() / (h_norm ** 2)
 
 
 def _frozen(frozen_shifts, d, dtype, device):
@@ -179,10 +183,9 @@ def shift_gradients(seq: ShiftedSequence, position: int, delta: torch.Tensor, we
             else None
         needed = torch.nonzero(union).flatten()
         logp = _token_logprobs(seq, position, delta, needed, fp, fd, upto, suffix)
-        decay = weight_decay * delta.norm().float() / (h_norm ** 2)
         grads = []
         for k, w in enumerate(weights):
-            loss = -(w[needed].to(logp.dtype) * logp).sum() + decay
+            loss = _objective(logp, w[needed], delta, weight_decay, h_norm)
             (grad,) = torch.autograd.grad(loss, [delta], retain_graph=k < len(weights) - 1)
             grads.append(grad)
     return grads
