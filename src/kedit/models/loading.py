@@ -10,6 +10,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -69,7 +70,19 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     fresh.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(out_dir)
+    _publish(tmp, out_dir)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move a finished conversion into place; if a concurrent process got there first, keep
+    its copy (the two are conversions of the same file) and drop ours."""
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        if not out_dir.is_dir():
+            raise
+        log.info("%s was converted by another process meanwhile; using that copy", out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_model(
