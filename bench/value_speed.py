@@ -4,7 +4,7 @@ The reference toolkits optimise one request at a time with a full forward pass f
 at every step (an editing hook at the target layer).  kedit optimises all requests of a batch
 together, starts each step's forward pass after the edit layer, and runs only each prompt's
 suffix from the edit token on, with the earlier positions' keys/values cached (none of them
-depends on δ).  All variants run the same objective, so the targets agree (``kedit_batched_bfloat16``,
+depends on δ), in groups of similar suffix length (``kedit_batched_one_padded_batch``: one group).  All variants run the same objective, so the targets agree (``kedit_batched_bfloat16``,
 the ``compute_dtype`` option, up to bfloat16 rounding); the JSON reports seconds per request,
 speed-up ratios (never absolute-second asserts) and each request's final target NLL.
 
@@ -107,6 +107,7 @@ def main() -> None:
 
     no_cache = dataclasses.replace(options, prefix_cache=False)
     bf16 = dataclasses.replace(options, compute_dtype="bfloat16")
+    one_batch = dataclasses.replace(options, bucket_overhead=None)
 
     def one_by_one(adp, opts):
         return [optimise_values(model, tok, adp, [r], templates, opts, layer=layer) for r in requests]
@@ -115,6 +116,8 @@ def main() -> None:
         "kedit_batched": lambda: [optimise_values(model, tok, adapter, requests, templates, options, layer=layer)],
         "kedit_batched_bfloat16": lambda: [optimise_values(model, tok, adapter, requests, templates, bf16,
                                                            layer=layer)],
+        "kedit_batched_one_padded_batch": lambda: [optimise_values(model, tok, adapter, requests, templates,
+                                                                   one_batch, layer=layer)],
         "kedit_batched_no_prefix_cache": lambda: [optimise_values(model, tok, adapter, requests, templates, no_cache,
                                                                   layer=layer)],
         "kedit_one_by_one": lambda: one_by_one(adapter, options),

@@ -447,3 +447,35 @@ def test_prefix_cache_gives_the_same_value_targets(family, site):
                             layer=1, site=site)
     assert torch.allclose(cached.z, plain.z, atol=1e-5, rtol=1e-4)
     assert cached.steps == plain.steps
+
+
+@RESIDUAL
+def test_suffix_length_groups_equal_one_padded_batch(family, tiny):
+    """Rows run in length groups (each padded and attending only to its own longest prefix) give
+    the final hidden states of the one padded batch at every real suffix position, with gradients."""
+    from kedit.stages.forward import SuffixRunner
+    from kedit.stages.tokens import length_buckets
+    from kedit.stages.values import _build_rows
+
+    model, tok, adapter = tiny(family)
+    requests = REQUESTS + [EditRequest(prompt="{} plays", subject="Bo", target_new="the long grand piano")]
+    rows = _build_rows(tok, requests, ["{}", "A much longer prefix, with words. {}"], "{} is a")
+    layer = 1
+    with torch.no_grad():
+        hidden = hidden_after(model, adapter, layer, rows.ids, rows.mask)
+        runners = {k: SuffixRunner(model, adapter, layer, rows.ids, rows.mask, hidden, rows.position,
+                                   bucket_overhead=k) for k in (None, 0)}
+    lengths = runners[0].suffix_length
+    assert len(length_buckets(lengths, overhead=0)) > 2  # the grouped run really is several calls
+    pick = torch.tensor([5, 0, 3, 1, 4])  # any subset, any order
+    out, grads = {}, {}
+    for k, runner in runners.items():
+        delta = torch.randn(len(pick), hidden.shape[-1], generator=torch.Generator().manual_seed(0),
+                            requires_grad=True)
+        out[k] = runner.final_hidden(pick, delta)
+        real = torch.arange(runner.S)[None, :] < torch.tensor([lengths[i] for i in pick.tolist()])[:, None]
+        (out[k][real] ** 2).sum().backward()
+        grads[k] = delta.grad
+    assert out[0].shape == out[None].shape
+    assert torch.allclose(out[0][real], out[None][real], atol=1e-5)
+    assert torch.allclose(grads[0], grads[None], atol=1e-4, rtol=1e-4)

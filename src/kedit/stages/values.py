@@ -40,6 +40,7 @@ class ValueOptions:
     kl_prompt: str = "{} is a"
     prefix_cache: bool = True  # reuse keys/values of positions before the edit token (exact; faster)
     compute_dtype: str = "float32"  # "bfloat16": forward passes on bfloat16 linear weights (faster, inexact)
+    bucket_overhead: int | None = 8  # prefix cache: suffixes run in length groups (exact; None = one padded batch)
 
 
 @dataclasses.dataclass
@@ -149,7 +150,8 @@ def optimise_values(
     suffix = None
     if truncated and options.prefix_cache:
         with torch.no_grad(), eval_mode(model):
-            suffix = SuffixRunner(model, adapter, layer, rows.ids, rows.mask, hidden, rows.position)
+            suffix = SuffixRunner(model, adapter, layer, rows.ids, rows.mask, hidden, rows.position,
+                                  bucket_overhead=options.bucket_overhead)
 
     # bfloat16 touches the forward passes only (bfloat16 copies of the linear weights, autocast for
     # the float32 activations and cached keys/values): h_init, δ, the loss and Adam stay in float32
