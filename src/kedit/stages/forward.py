@@ -84,7 +84,7 @@ class SuffixRunner:
         self.suffix_length = (lengths - position).tolist()
         self.bucket_overhead = bucket_overhead
         self.P = int(position.max())
-        self.S = int((lengths - position).max())
+        self.S = max(self.suffix_length)
         dev = ids.device
         # prefix: tokens [0, p) of each row, left-padded to P
         pre_ids = torch.zeros((R, max(self.P, 1)), dtype=ids.dtype, device=dev)
