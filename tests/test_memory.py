@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kedit.runs.memory import memory_summary, snapshot
+from kedit.runs.memory import memory_summary
 
 
 def test_snapshot_sees_a_large_allocation():
