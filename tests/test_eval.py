@@ -178,6 +178,17 @@ def test_greedy_generate_matches_manual_loop_and_is_batch_invariant(tiny):
     assert greedy_generate(model, tok, prompts, max_new_tokens=6, top_k=1) == got
 
 
+def test_greedy_generate_progress_counts_every_prompt_and_changes_nothing(tiny, capsys):
+    model, tok = tiny
+    prompts = ["Hello there", "Hi", "The capital of France is", "Q", "A"]
+    quiet = greedy_generate(model, tok, prompts, max_new_tokens=4, batch_size=2)
+    assert capsys.readouterr().err == ""
+    shown = greedy_generate(model, tok, prompts, max_new_tokens=4, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet
+    assert "generating" in err and "5/5" in err  # three batches, counted in prompts
+
+
 # -- fluency ---------------------------------------------------------------------------------
 def test_ngram_entropy_hand_computed():
     # words: the cat the cat the -> bigrams {(the,cat):2, (cat,the):2}: H2 = 1 bit;

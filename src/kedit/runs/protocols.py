@@ -62,8 +62,10 @@ def fluency_protocol(protocol: str) -> str:
             "(the papers report ×100)")
 
 
-def evaluate(protocol: str, model, tokenizer, requests: Sequence[EditRequest], pre) -> dict[str, Any]:
-    """``{"metrics", "cases"}`` of ``requests`` on the current weights; each case has ``fluency``."""
+def evaluate(protocol: str, model, tokenizer, requests: Sequence[EditRequest], pre, *,
+             progress: bool = False) -> dict[str, Any]:
+    """``{"metrics", "cases"}`` of ``requests`` on the current weights; each case has ``fluency``.
+    ``progress`` shows a bar over the fluency generations, the slow part of scoring many requests."""
     from kedit.eval import greedy_generate, ngram_entropy
 
     if protocol == "unstructured":
@@ -83,7 +85,8 @@ def evaluate(protocol: str, model, tokenizer, requests: Sequence[EditRequest], p
         result = evaluate_counterfact(model, tokenizer, requests)
     else:
         result = evaluate_zsre(model, tokenizer, requests, pre=pre)
-    texts = greedy_generate(model, tokenizer, [r.text for r in requests], max_new_tokens=FLUENCY_TOKENS)
+    texts = greedy_generate(model, tokenizer, [r.text for r in requests], max_new_tokens=FLUENCY_TOKENS,
+                            progress=progress)
     for case, text in zip(result["cases"], texts):
         case["fluency"] = ngram_entropy(text)
     return result

@@ -215,8 +215,8 @@ def run_bench(
     scored = _scored(requests, mode, score_every)
     scoring = protocols.protocol_for(dataset, protocol)
 
-    def _evaluate(requests_, pre_):
-        return protocols.evaluate(scoring, model, tokenizer, requests_, pre_)
+    def _evaluate(requests_, pre_, bar: bool = False):
+        return protocols.evaluate(scoring, model, tokenizer, requests_, pre_, progress=progress and bar)
 
     def _headline(metrics):
         return protocols.headline(scoring, metrics)
@@ -353,7 +353,7 @@ def run_bench(
             t1 = time.perf_counter()
             scored_done = scored[: -(-len(done_requests) // score_every)]  # requests[::k] of the edited prefix
             with torch.no_grad():
-                result = _evaluate(scored_done, pre)
+                result = _evaluate(scored_done, pre, bar=True)
             post_cases = result["cases"]
             log.info("evaluated %d request(s) on the final model in %.1f s", len(scored_done),
                      time.perf_counter() - t1)
@@ -459,9 +459,10 @@ def _pre_edit(out: Path, scoring: str, editor, model, tokenizer, requests, evalu
                 run_dir.write_pre_edit(out, key, saved["cache"], saved["result"], saved.get("probes"))
             cache = PreEditCache.from_json(saved["cache"]) if saved["cache"] is not None else None
             return cache, saved["result"], run_dir.pre_probe_results(saved, probe_n)
+    log.info("scoring %d request(s) on the unedited model", len(requests))
     with torch.no_grad():
         cache = PreEditCache.build(model, tokenizer, requests) if protocols.needs_pre_cache(scoring) else None
-        result = evaluate(requests, cache)  # locality against the cache is 1 by construction
+        result = evaluate(requests, cache, bar=True)  # locality against the cache is 1 by construction
     if keep:
         run_dir.write_pre_edit(out, key, cache.to_json() if cache is not None else None, result)
     return cache, result, None
