@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ def main() -> None:
     if args.progress_only:
         _progress(Path(args.out), args.methods)
         return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # a line per batch in the log
     out, model, tok, data, requests, cache = counterfact_run(args.out, args.n)
     table: dict[str, Any] = {}
     for method in args.methods:
