@@ -1,0 +1,52 @@
+"""Pool the tables of independent-edit benchmarks run as disjoint slices (``--start``).
+
+    python bench/pool_slices.py bench/results/nake_zsre bench/results/nake_zsre_10 --runs unke nake \
+        --out bench/results/nake_zsre_pooled
+
+Each folder is a benchmark's ``--out`` (``bench/nake.py``, ``bench/long_form.py``): one run directory per
+method. The metrics are recomputed over every slice's cases (``kedit.runs.pooling``). Where the runs
+journal Nash-bargaining diagnostics, the conflict rates and NaKE's Figures 2–3 are redone over all
+slices' steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kedit.runs.nash_plots import load_diagnostics, plot_nash_figures
+from kedit.runs.pooling import pool_runs
+from nake import _conflict_rate, _update_conflict_rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", help="The slices' --out folders.")
+    ap.add_argument("--runs", nargs="+", required=True, help="Run directory names to pool (e.g. unke nake).")
+    ap.add_argument("--out", required=True, help="Folder for pooled.json (and the diagnostics figures).")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table, journals = {}, []
+    for name in args.runs:
+        dirs = [Path(f) / name for f in args.folders]
+        table[name] = pool_runs(dirs)
+        diagnostics = [d for run_dir in dirs if (run_dir / "journal.jsonl").exists()
+                       for d in load_diagnostics(run_dir / "journal.jsonl")]
+        if diagnostics:
+            table[name]["conflict_rate"] = _conflict_rate(diagnostics)
+            table[name]["update_conflict_rate"] = _update_conflict_rate(diagnostics)
+            journals += [run_dir / "journal.jsonl" for run_dir in dirs]
+        row = table[name]
+        print(f"{name:20s} n {row['n']:4d} " + " ".join(
+            f"{k} {v:.3f}" for k, v in row["metrics"].items() if isinstance(v, float))
+              + f" s/edit {row['seconds_per_edit']:.1f}", flush=True)
+    (out / "pooled.json").write_text(json.dumps({"folders": args.folders, "runs": table}, indent=1))
+    if journals:
+        merged = out / "diagnostics.jsonl"
+        merged.write_text("".join(j.read_text() for j in journals))
+        print("plots:", {k: str(v) for k, v in plot_nash_figures(merged, out).items()})
+
+
+if __name__ == "__main__":
+    main()

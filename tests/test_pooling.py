@@ -1,0 +1,89 @@
+"""Pooling independent-edit slices: the pooled table is the table of all their cases together."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kedit.errors import DataError
+from kedit.runs.pooling import pool_runs
+from kedit.runs.protocols import aggregate, headline
+
+_score = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@st.composite
+def knowedit_case(draw, case_id: int) -> dict:
+    """A KnowEdit case; some requests have no portability block, as in the real records."""
+    case = {"id": case_id, "edit_succ": draw(_score), "rephrase": draw(_score), "fluency": draw(st.floats(0, 6)),
+            "locality": {"locality": draw(_score)}}
+    if draw(st.booleans()):
+        case["portability"] = {"reasoning": draw(_score)}
+        case["portability_mean"] = case["portability"]["reasoning"]
+    case["locality_mean"] = case["locality"]["locality"]
+    return case
+
+
+def _write_run(folder, cases_post, cases_pre, *, method="nake", protocol="knowedit", mode="independent",
+               seconds=1.0):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"protocol": protocol, "cases": {"post": cases_post,
+                                                                                    "pre": cases_pre}}))
+    (folder / "summary.json").write_text(json.dumps({"method": method, "mode": mode,
+                                                     "timing": {"edit_seconds_total": seconds}}))
+    return folder
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(2, 12))
+def test_pooled_slices_equal_the_table_of_all_cases(tmp_path_factory, data, n):
+    post = [data.draw(knowedit_case(i)) for i in range(n)]
+    pre = [data.draw(knowedit_case(i)) for i in range(n)]
+    cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=3)))
+    bounds = [0, *cuts, n]
+    root = tmp_path_factory.mktemp("slices")
+    dirs = [_write_run(root / f"s{a}", post[a:b], pre[a:b], seconds=float(b - a) * 3.0)
+            for a, b in zip(bounds, bounds[1:])]
+    pooled = pool_runs(dirs)
+    assert pooled["n"] == n
+    assert _close(pooled["metrics"], headline("knowedit", aggregate("knowedit", post)))
+    assert _close(pooled["pre_metrics"], headline("knowedit", aggregate("knowedit", pre)))
+    assert math.isclose(pooled["fluency"]["post"], sum(c["fluency"] for c in post) / n)
+    assert math.isclose(pooled["seconds_per_edit"], 3.0)
+
+
+def test_portability_mean_is_over_the_requests_that_have_it(tmp_path):
+    """Averaging the slices' headline numbers by n would give 0.5 here; the right pooled value is 1.0."""
+    with_block = {"id": 0, "edit_succ": 1.0, "portability": {"reasoning": 1.0}, "portability_mean": 1.0,
+                  "locality": {"locality": 1.0}, "locality_mean": 1.0}
+    without = {"id": 1, "edit_succ": 0.0, "locality": {"locality": 0.0}, "locality_mean": 0.0}
+    dirs = [_write_run(tmp_path / "a", [with_block], []), _write_run(tmp_path / "b", [without], [])]
+    pooled = pool_runs(dirs)
+    assert pooled["metrics"]["portability"] == 1.0 and pooled["metrics"]["edit_succ"] == 0.5
+    assert pooled["pre_metrics"] is None
+
+
+def test_overlapping_or_mismatched_slices_are_refused(tmp_path):
+    case = {"id": 7, "edit_succ": 1.0}
+    a = _write_run(tmp_path / "a", [case], [])
+    with pytest.raises(DataError, match="request 7 is also in"):
+        pool_runs([a, _write_run(tmp_path / "b", [case], [])])
+    with pytest.raises(DataError, match="cannot pool with nake"):
+        pool_runs([a, _write_run(tmp_path / "c", [{"id": 8, "edit_succ": 1.0}], [], method="unke")])
+    with pytest.raises(DataError, match="only independent edits pool"):
+        pool_runs([_write_run(tmp_path / "d", [case], [], mode="sequential")])
+    with pytest.raises(DataError, match="summary.json: missing"):
+        pool_runs([tmp_path / "nowhere"])
+    with pytest.raises(DataError, match="no run directories"):
+        pool_runs([])
