@@ -16,6 +16,7 @@ from typing import Any
 
 from kedit.errors import DataError
 from kedit.runs import protocols
+from kedit.runs.protocols import _mean
 
 __all__ = ["pool_runs"]
 
@@ -27,11 +28,6 @@ def _read(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: missing; pass the run directories of finished runs") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _mean(values) -> float | None:
-    kept = [v for v in values if v is not None]
-    return sum(kept) / len(kept) if kept else None
 
 
 def pool_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
