@@ -90,6 +90,8 @@ def main() -> None:
                     help="Folder of <method>.yaml overrides ('' = class defaults).")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
     ap.add_argument("--out", default="bench/results/long_form")
+    ap.add_argument("--resume", action="store_true",
+                    help="Continue killed runs in --out: finished requests are read back, not edited again.")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def main() -> None:
             run_dir = out / f"{name}-{method}"
             summary = run_bench(model, tok, method=method, requests=requests, dataset=name, batch_size=1,
                                 mode="independent", out_dir=run_dir, config=overrides.get(method), data_path=path,
-                                progress=True, save_edits=False, keep_pre_edit=True,
+                                progress=True, save_edits=False, keep_pre_edit=True, resume=args.resume,
                                 pre_edit_from=shared_pre_edit(out, [f"{name}-{m}" for m in args.methods]))
             table[f"{name}:{method}"] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                                          "timing": summary["timing"], "wall_seconds": time.perf_counter() - start,

@@ -62,6 +62,8 @@ def main() -> None:
                          "the short-answer setting: unke.yaml's long-answer budget overwrites the block.")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
     ap.add_argument("--out", default="bench/results/nake")
+    ap.add_argument("--resume", action="store_true",
+                    help="Continue killed runs in --out: finished requests are read back, not edited again.")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def main() -> None:
         start = time.perf_counter()
         summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset, protocol="knowedit",
                             batch_size=1, mode="independent", out_dir=out / name, config=merged, data_path=path,
-                            progress=True, save_edits=False, keep_pre_edit=True,
+                            progress=True, save_edits=False, keep_pre_edit=True, resume=args.resume,
                             pre_edit_from=shared_pre_edit(out, list(runs)))
         diagnostics = load_diagnostics(out / name / "journal.jsonl")
         table[name] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],

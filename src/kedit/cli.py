@@ -234,7 +234,7 @@ def bench(
     save_edits: bool = typer.Option(True, "--save-edits/--no-save-edits", help="Sequential mode: save the accumulated edit set to OUT/edits."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Sequential mode: checkpoint OUT/checkpoint every N batches (0 = never)."),
-    resume: bool = typer.Option(False, "--resume", help="Sequential mode: continue a killed run from OUT/checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUT without losing or repeating an edit (sequential: from OUT/checkpoint; independent: the batches its journal finished)."),
     health: bool = typer.Option(False, "--health", help="Sequential mode: journal weight-norm growth, WikiText perplexity and (MEMIT family) the preservation loss D(t) per layer after every batch."),
     probe_every: int = typer.Option(0, "--probe-every", min=0, help="Sequential mode: run the GLUE/MMLU probes before editing and every N edits (0 = never)."),
     probe_n: int = typer.Option(100, "--probe-n", min=1, help="Items per probe task."),

@@ -1,4 +1,5 @@
-"""Resumable sequential runs: atomic checkpoints of weights, method state and progress.
+"""Resumable runs: atomic checkpoints of a sequential run's weights, method state and progress, and
+the finished batches of an independent run read back from its journal.
 
 A checkpoint holds the exact accumulated deltas (float64 differences, so re-applying them gives
 the saved weights bit for bit), the method's sequential state (AlphaEdit past keys, LyapLock
@@ -19,10 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from kedit.errors import LedgerError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_DIR"]
+__all__ = ["save_checkpoint", "load_checkpoint", "finished_batches", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoint"
 _FILES = ("progress.json", "deltas.safetensors", "state.safetensors", "rng.safetensors")
+# What an independent run's manifest must share with the one it resumes.
+_SAME_RUN = ("method", "config_hash", "dataset", "request_ids", "batch_size", "mode", "seed")
 
 
 def save_checkpoint(out_dir: str | os.PathLike, editor, *, next_batch: int, progress: dict[str, Any]) -> Path:
@@ -79,3 +82,51 @@ def load_checkpoint(out_dir: str | os.PathLike, editor) -> dict[str, Any]:
     editor.state = dict(load_file(str(folder / "state.safetensors")))
     torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["cpu"])
     return record
+
+
+def _manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    wrong = {k: (old.get(k), new.get(k)) for k in _SAME_RUN if old.get(k) != new.get(k)}
+    fingerprints = [(m.get("model") or {}).get("weights_fingerprint") for m in (old, new)]
+    if fingerprints[0] != fingerprints[1]:
+        wrong["weights_fingerprint"] = tuple(fingerprints)
+    return wrong
+
+
+def finished_batches(out_dir: str | os.PathLike, manifest: dict[str, Any],
+                     batch_ids: list[list[Any]]) -> list[dict[str, Any]]:
+    """The journal records of the batches an earlier process of this independent run finished.
+
+    Independent batches all start from the base weights, so resuming one needs no saved weights:
+    only each finished batch's per-request scores, which its journal line carries (``cases``).
+    Records count in order while each is the next batch, names that batch's requests and carries
+    its cases; the first that does not (a line cut off by the kill) ends them, and that batch is
+    edited again.  An empty or missing run directory resumes from nothing; a run directory of
+    another run (``manifest`` differs in method, config, data, requests, batching, seed or base
+    weights) is refused, since mixing its scores with this run's would be silently wrong.
+    """
+    out = Path(out_dir)
+    journal, old_manifest = out / "journal.jsonl", out / "manifest.json"
+    if not old_manifest.is_file():
+        return []
+    try:
+        old = json.loads(old_manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LedgerError(f"{old_manifest}: not valid JSON ({exc}); remove the run directory to start over") from None
+    wrong = _manifest_differences(old, manifest)
+    if wrong:
+        details = ", ".join(f"{k}: {a!r} there vs {b!r} here" for k, (a, b) in sorted(wrong.items()))
+        raise LedgerError(f"{out}: the run directory belongs to a different run ({details[:500]}); "
+                          "use another output folder or remove it")
+    done: list[dict[str, Any]] = []
+    lines = journal.read_text(encoding="utf-8").splitlines() if journal.is_file() else []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        index = len(done)
+        if (index >= len(batch_ids) or record.get("batch") != index or record.get("request_ids") != batch_ids[index]
+                or not isinstance(record.get("cases"), list)):
+            break
+        done.append(record)
+    return done

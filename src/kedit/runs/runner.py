@@ -172,8 +172,11 @@ def run_bench(
         console: rich console for the progress bar (default: rich's global console).
         checkpoint_every: sequential mode: write ``out_dir/checkpoint`` atomically every this many batches
             (0 = never).
-        resume: sequential mode: continue a killed run from ``out_dir/checkpoint`` — no edit is lost or
-            repeated and the final weights equal an uninterrupted run's bit for bit.
+        resume: continue a killed run — no edit is lost or repeated.  Sequential mode: from
+            ``out_dir/checkpoint``; the final weights equal an uninterrupted run's bit for bit.
+            Independent mode: the batches whose journal lines an earlier process finished are read
+            back (their per-request scores travel in the line) and not edited again; the tables equal
+            an uninterrupted run's.  No checkpoint is needed; a run directory of another run is refused.
         value_cache: a :class:`~kedit.methods.base.ValueCache` shared across runs on the same model
             (value targets already optimised on the same weights are reused).
         health_every_batch: sequential mode: after every batch record ``health`` in the journal line
@@ -227,9 +230,15 @@ def run_bench(
 
     editor = Editor(model, tokenizer, method, config, cache_dir=cache_dir, progress=progress, value_cache=value_cache)
     editor.ledger.keep_deltas = mode != "sequential"  # memory flat in the number of batches
+    batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
+    manifest = _manifest(editor, model, seed, data_path, dataset, mode, batch_size, requests, run_args)
+    finished: list[dict[str, Any]] = []
+    if resume and mode == "independent":
+        from kedit.runs.checkpoint import finished_batches
+
+        finished = finished_batches(out, manifest, [[r.id for r in b] for b in batches])
     editor.config.to_yaml(out / "config.yaml")
-    run_dir.write_json(out / "manifest.json", _manifest(editor, model, seed, data_path, dataset, mode, batch_size,
-                                                 requests, run_args))
+    run_dir.write_json(out / "manifest.json", manifest)
     log.info("%s on %d %s request(s): batch size %d, %s mode -> %s", method, len(requests), dataset, batch_size,
              mode, out)
 
@@ -253,17 +262,19 @@ def run_bench(
                               saved_probes)
     if keep_pre and saved_probes is None and monitor is not None and monitor.pre_probes is not None:
         run_dir.add_pre_probes(out, _jsonable(monitor.pre_probes), probe_n)
-    batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
     journal_path = out / "journal.jsonl"
     edit_seconds = 0.0
     post_cases: list[dict[str, Any]] = []
     merged = None
     batch_metas: list[dict[str, Any]] = []
     first_batch = 0
-    if resume:
-        if mode != "sequential":
-            raise ConfigError("resume applies to sequential runs only (independent batches start from the base "
-                              "weights anyway).")
+    if resume and mode == "independent":
+        first_batch = len(finished)
+        edit_seconds = sum(float(r["seconds"]) for r in finished)
+        post_cases = [case for r in finished for case in r["cases"]]
+        journal_path.write_text("".join(json.dumps(r, default=str) + "\n" for r in finished), encoding="utf-8")
+        log.info("resuming %s at batch %d/%d", out, first_batch + 1, len(batches))
+    elif resume:
         from kedit.ledger import EditSet
         from kedit.runs.checkpoint import load_checkpoint
 
@@ -314,6 +325,7 @@ def run_bench(
                     post_cases.extend(result["cases"])
                     record["eval_seconds"] = round(time.perf_counter() - t1, 6)
                     record["metrics"] = _headline(result["metrics"])
+                    record["cases"] = _jsonable(result["cases"])  # what a resume reads back
                 else:
                     batch_metas.append({"batch": index, **edit_set.meta})
                     merged = edit_set if merged is None else merged.merge(edit_set)
