@@ -22,7 +22,7 @@ import yaml
 import kedit
 from kedit.data.loaders import load_requests
 from kedit.paths import data_dir
-from kedit.runs.nash_plots import load_diagnostics, plot_nash_figures
+from kedit.runs.nash_plots import load_diagnostics, merge_diagnostics, plot_nash_figures
 from kedit.runs.run_dir import shared_pre_edit
 from kedit.runs.runner import run_bench
 
@@ -102,11 +102,11 @@ def main() -> None:
               f"flu {summary['fluency']['post'] or 0:.3f} conflicts {table[name]['conflict_rate']} "
               f"update conflicts {table[name]['update_conflict_rate']} "
               f"s/edit {summary['timing']['seconds_per_edit']:.1f}", flush=True)
-    journals = [out / n / "journal.jsonl" for n in ("unke", "nake") if (out / n / "journal.jsonl").exists()]
-    if journals:
-        merged_journal = out / "diagnostics.jsonl"
-        merged_journal.write_text("".join(j.read_text() for j in journals))
-        plots = plot_nash_figures(merged_journal, out, sweep=sweep if len(sweep) > 1 else None)
+    # Figures 2-3 compare the runs' steps by run name; the fixed-weight runs only feed Figure 4.
+    merged_journal = merge_diagnostics({n: [out / n / "journal.jsonl"] for n in runs if not n.startswith("fixed_p")},
+                                       out / "diagnostics.jsonl")
+    plots = plot_nash_figures(merged_journal, out, sweep=sweep if len(sweep) > 1 else None)
+    if plots:
         print("plots:", {k: str(v) for k, v in plots.items()})
 
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kedit.runs.nash_plots import load_diagnostics, plot_nash_figures
+from kedit.runs.nash_plots import load_diagnostics, merge_diagnostics, plot_nash_figures
 from kedit.runs.pooling import pool_runs
 from nake import _conflict_rate, _update_conflict_rate
 
@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table, journals = {}, []
+    table, journals = {}, {}
     for name in args.runs:
         dirs = [Path(f) / name for f in args.folders]
         table[name] = pool_runs(dirs)
@@ -36,15 +36,14 @@ def main() -> None:
         if diagnostics:
             table[name]["conflict_rate"] = _conflict_rate(diagnostics)
             table[name]["update_conflict_rate"] = _update_conflict_rate(diagnostics)
-            journals += [run_dir / "journal.jsonl" for run_dir in dirs]
+            journals[name] = [run_dir / "journal.jsonl" for run_dir in dirs]
         row = table[name]
         print(f"{name:20s} n {row['n']:4d} " + " ".join(
             f"{k} {v:.3f}" for k, v in row["metrics"].items() if isinstance(v, float))
               + f" s/edit {row['seconds_per_edit']:.1f}", flush=True)
     (out / "pooled.json").write_text(json.dumps({"folders": args.folders, "runs": table}, indent=1))
     if journals:
-        merged = out / "diagnostics.jsonl"
-        merged.write_text("".join(j.read_text() for j in journals))
+        merged = merge_diagnostics(journals, out / "diagnostics.jsonl")
         print("plots:", {k: str(v) for k, v in plot_nash_figures(merged, out).items()})
 
 

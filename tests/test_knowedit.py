@@ -15,6 +15,7 @@ from kedit.eval.cache import PreEditCache
 from kedit.eval.knowedit import evaluate_knowedit
 from kedit.runs.nash_plots import (
     load_diagnostics,
+    merge_diagnostics,
     plot_cosine_histograms,
     plot_fixed_weight_sweep,
     plot_nash_figures,
@@ -214,6 +215,23 @@ def test_diagnostics_journal_round_trip_and_plots(tmp_path):
         assert path.exists() and path.stat().st_size > 1000
     figures = plot_nash_figures(journal, tmp_path / "figs", sweep=[{"lambda_p": 1.0, "RSA": 1.0}])
     assert set(figures) == {"cosines", "weights", "sweep"} and all(p.exists() for p in figures.values())
+
+
+def test_merge_diagnostics_keeps_runs_of_one_combination_rule_apart(tmp_path):
+    """AnyEdit* with and without bargaining journal the same method name; the merge labels by run."""
+    journals = {}
+    for run, fn in (("anyedit_unke", plain_sum), ("anyedit_unke+nash", bargain)):
+        journals[run] = [tmp_path / run / "journal.jsonl", tmp_path / run / "missing.jsonl"]
+        (tmp_path / run).mkdir()
+        for batch in range(2):
+            write_diagnostics(journals[run][0], _diagnostics(fn, batch), batch=batch, method="anyedit_unke")
+    merged = load_diagnostics(merge_diagnostics(journals, tmp_path / "merged.jsonl"))
+    by_run = {run: [d for d in merged if d["method"] == run] for run in journals}
+    assert {run: len(v) for run, v in by_run.items()} == {"anyedit_unke": 12, "anyedit_unke+nash": 12}
+    assert [d["cos_gp"] for d in by_run["anyedit_unke+nash"]] == [
+        d["cos_gp"] for d in load_diagnostics(journals["anyedit_unke+nash"][0])]
+    assert all(d["cos_gp"] > 0 and d["cos_ge"] > 0 for d in by_run["anyedit_unke+nash"])
+    assert load_diagnostics(merge_diagnostics({"x": [tmp_path / "none.jsonl"]}, tmp_path / "empty.jsonl")) == []
 
 
 def test_load_diagnostics_errors_name_the_line(tmp_path):

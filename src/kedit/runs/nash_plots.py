@@ -37,6 +37,7 @@ from kedit.runs.plots import _pyplot, _save
 __all__ = [
     "load_diagnostics",
     "write_diagnostics",
+    "merge_diagnostics",
     "plot_cosine_histograms",
     "plot_weight_trajectories",
     "plot_fixed_weight_sweep",
@@ -83,6 +84,26 @@ def write_diagnostics(journal_path: str | Path, diagnostics: Sequence[dict[str, 
     path = Path(journal_path)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({**fields, "diagnostics": list(diagnostics)}, default=float) + "\n")
+    return path
+
+
+def merge_diagnostics(journals: dict[str, Sequence[str | Path]], out_path: str | Path) -> Path:
+    """One journal at ``out_path`` holding every step of ``journals`` (label → journal files), each
+    entry's ``method`` set to its label.
+
+    The entries' own ``method`` names the combination rule, which two runs can share (AnyEdit* with
+    and without bargaining are both ``anyedit_unke`` runs; every fixed-weight run is ``"fixed"``), so
+    the figures would pool them; the run's label keeps them apart.  Missing files are skipped; the
+    result is empty when no journal holds diagnostics.
+    """
+    path = Path(out_path)
+    path.write_text("", encoding="utf-8")
+    for label, files in journals.items():
+        for journal in files:
+            if Path(journal).is_file():
+                entries = load_diagnostics(journal)
+                if entries:
+                    write_diagnostics(path, [{**e, "method": label} for e in entries], method=label)
     return path
 
 
