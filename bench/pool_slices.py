@@ -6,7 +6,8 @@
 Each folder is a benchmark's ``--out`` (``bench/nake.py``, ``bench/long_form.py``): one run directory per
 method. The metrics are recomputed over every slice's cases (``kedit.runs.pooling``). Where the runs
 journal Nash-bargaining diagnostics, the conflict rates and NaKE's Figures 2–3 are redone over all
-slices' steps.
+slices' steps.  ``--pair A B`` adds request-by-request comparisons of two methods on the same records
+(``kedit.runs.pooling.paired_comparison``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 
 from kedit.runs.nash_plots import load_diagnostics, merge_diagnostics, plot_nash_figures
-from kedit.runs.pooling import pool_runs
+from kedit.runs.pooling import CASE_METRICS, paired_comparison, pool_runs
 from nake import _conflict_rate, _update_conflict_rate
 
 
@@ -24,6 +25,9 @@ def main() -> None:
     ap.add_argument("folders", nargs="+", help="The slices' --out folders.")
     ap.add_argument("--runs", nargs="+", required=True, help="Run directory names to pool (e.g. unke nake).")
     ap.add_argument("--out", required=True, help="Folder for pooled.json (and the diagnostics figures).")
+    ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                    help="Also compare run B against run A request by request: mean paired difference, 95 %% "
+                         "bootstrap interval, requests better / worse / equal (repeatable; e.g. --pair unke nake).")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +45,16 @@ def main() -> None:
         print(f"{name:20s} n {row['n']:4d} " + " ".join(
             f"{k} {v:.3f}" for k, v in row["metrics"].items() if isinstance(v, float))
               + f" s/edit {row['seconds_per_edit']:.1f}", flush=True)
-    (out / "pooled.json").write_text(json.dumps({"folders": args.folders, "runs": table}, indent=1))
+    paired = {}
+    for a, b in args.pair:
+        sides = [[Path(f) / name for f in args.folders] for name in (a, b)]
+        paired[f"{b} vs {a}"] = rows = [paired_comparison(*sides, metric) for metric in CASE_METRICS]
+        for r in rows:
+            if r["n"]:
+                print(f"{b} - {a} {r['metric']:17s} n {r['n']:4d} diff {r['mean_diff']:+.3f} "
+                      f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] higher {r['b_higher']} lower {r['b_lower']} "
+                      f"equal {r['equal']}", flush=True)
+    (out / "pooled.json").write_text(json.dumps({"folders": args.folders, "runs": table, "paired": paired}, indent=1))
     if journals:
         merged = merge_diagnostics(journals, out / "diagnostics.jsonl")
         print("plots:", {k: str(v) for k, v in plot_nash_figures(merged, out).items()})

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kedit.errors import DataError
-from kedit.runs.pooling import pool_runs
+from kedit.runs.pooling import paired_comparison, pool_runs
 from kedit.runs.protocols import aggregate, headline
 
 _score = st.floats(0.0, 1.0, allow_nan=False)
@@ -87,3 +87,37 @@ def test_overlapping_or_mismatched_slices_are_refused(tmp_path):
         pool_runs([tmp_path / "nowhere"])
     with pytest.raises(DataError, match="no run directories"):
         pool_runs([])
+
+
+def test_paired_comparison_counts_wins_and_brackets_the_mean_difference(tmp_path):
+    loc_a = [0.5, 0.5, 0.25, 1.0, 0.0, 0.75]
+    loc_b = [0.75, 0.5, 0.5, 1.0, 0.25, 1.0]
+
+    def cases(locs, missing):
+        return [{"id": i, "edit_succ": 1.0, "locality_mean": v, "portability_mean": None if i in missing else v}
+                for i, v in enumerate(locs)]
+
+    a = [_write_run(tmp_path / "a0", cases(loc_a, {1})[:3], [], method="unke"),
+         _write_run(tmp_path / "a1", cases(loc_a, {1})[3:], [], method="unke")]
+    b = [_write_run(tmp_path / "b", cases(loc_b, {4}), [], method="nake")]  # other slicing, same requests
+    out = paired_comparison(a, b, "locality_mean")
+    diffs = [y - x for x, y in zip(loc_a, loc_b)]
+    assert out["n"] == 6 and out["n_missing"] == 0
+    assert math.isclose(out["mean_diff"], sum(diffs) / 6) and math.isclose(out["mean_b"] - out["mean_a"], sum(diffs) / 6)
+    assert (out["b_higher"], out["b_lower"], out["equal"]) == (4, 0, 2)
+    lo, hi = out["ci95"]
+    assert min(diffs) <= lo <= out["mean_diff"] <= hi <= max(diffs)
+    assert paired_comparison(a, b, "locality_mean") == out  # seeded resampling
+    port = paired_comparison(a, b, "portability_mean")
+    assert port["n"] == 4 and port["n_missing"] == 2  # request 1 lacks it in A, request 4 in B
+    same = paired_comparison(a, a, "edit_succ")
+    assert same["mean_diff"] == 0 and same["ci95"] == [0, 0] and same["equal"] == 6
+
+
+def test_paired_comparison_refuses_different_requests_or_metrics(tmp_path):
+    a = [_write_run(tmp_path / "a", [{"id": 0, "edit_succ": 1.0}, {"id": 1, "edit_succ": 0.0}], [])]
+    b = [_write_run(tmp_path / "b", [{"id": 0, "edit_succ": 1.0}], [])]
+    with pytest.raises(DataError, match="different requests"):
+        paired_comparison(a, b, "edit_succ")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        paired_comparison(a, a, "bleu")

@@ -10,6 +10,7 @@ lack a portability or locality block.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from kedit.errors import DataError
 from kedit.runs import protocols
 from kedit.runs.protocols import _mean
 
-__all__ = ["pool_runs"]
+__all__ = ["pool_runs", "paired_comparison", "CASE_METRICS"]
+
+# Per-request scalars of the KnowEdit cases that paired comparisons read (None where a request lacks one).
+CASE_METRICS = ("edit_succ", "rephrase", "portability_mean", "locality_mean", "fluency")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -71,3 +75,53 @@ def pool_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
         "fluency": {"pre": _mean(c.get("fluency") for c in pre), "post": _mean(c.get("fluency") for c in post)},
         "seconds_per_edit": edit_seconds / n if n else None,
     }
+
+
+def _cases_by_id(run_dirs: list[str | os.PathLike]) -> dict[Any, dict[str, Any]]:
+    """The post-edit cases of ``run_dirs`` (checked as :func:`pool_runs` checks them) keyed by request id."""
+    pool_runs(run_dirs)
+    return {case["id"]: case for run_dir in map(Path, run_dirs)
+            for case in (_read(run_dir / "metrics.json").get("cases") or {}).get("post", [])}
+
+
+def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os.PathLike], metric: str, *,
+                      resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Method B against method A on the same requests: the mean paired difference B − A of a
+    per-request score, its 95 % bootstrap interval over requests, and how many requests B scores
+    higher, lower or the same.
+
+    Both methods edit the same requests, so the per-request difference removes the spread between
+    requests that two independent means would carry; the interval resamples requests (scipy's
+    percentile bootstrap of the mean difference).  Requests where either score is None (no
+    portability block, say) are left out and counted in ``n_missing``.
+
+    Raises ``DataError`` when the two sides do not hold the same request ids, and ``ValueError`` for
+    a metric outside :data:`CASE_METRICS`.
+    """
+    if metric not in CASE_METRICS:
+        raise ValueError(f"paired_comparison: metric must be one of {list(CASE_METRICS)}, got {metric!r}")
+    a, b = _cases_by_id(run_dirs_a), _cases_by_id(run_dirs_b)
+    if set(a) != set(b):
+        only = sorted(map(str, set(a) ^ set(b)))[:5]
+        raise DataError(f"paired_comparison: the two sides edit different requests (e.g. {only}); "
+                        "pass the same slices of both methods")
+    pairs = [(a[i][metric], b[i][metric]) for i in a if a[i].get(metric) is not None and b[i].get(metric) is not None]
+    out: dict[str, Any] = {"metric": metric, "n": len(pairs), "n_missing": len(a) - len(pairs)}
+    if not pairs:
+        return {**out, "mean_a": None, "mean_b": None, "mean_diff": None, "ci95": None,
+                "b_higher": 0, "b_lower": 0, "equal": 0}
+    diffs = [y - x for x, y in pairs]
+    ci = None
+    if len(set(diffs)) > 1:
+        from scipy.stats import bootstrap
+
+        res = bootstrap((diffs,), lambda d, axis=-1: d.mean(axis=axis), n_resamples=resamples,
+                        confidence_level=0.95, method="percentile", random_state=seed)
+        ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+    elif diffs:
+        ci = [diffs[0], diffs[0]]  # every request moved by the same amount: no spread to resample
+    tol = 1e-12
+    return {**out, "mean_a": sum(x for x, _ in pairs) / len(pairs), "mean_b": sum(y for _, y in pairs) / len(pairs),
+            "mean_diff": math.fsum(diffs) / len(diffs), "ci95": ci,
+            "b_higher": sum(d > tol for d in diffs), "b_lower": sum(d < -tol for d in diffs),
+            "equal": sum(abs(d) <= tol for d in diffs)}
