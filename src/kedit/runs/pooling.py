@@ -34,12 +34,9 @@ def _read(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
 
 
-def pool_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
-    """Headline metrics (post and pre-edit), mean fluency and seconds per edit over every case of
-    ``run_dirs``, each a finished independent run of the same method and protocol.
-
-    Raises ``DataError`` when the directories mix methods, protocols or modes, or when a request id
-    appears in two of them (overlapping slices would count it twice)."""
+def _slices(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
+    """The slices' cases and timing, read once and checked: one method and protocol, independent
+    mode, disjoint request ids."""
     if not run_dirs:
         raise DataError("pool_runs: no run directories given")
     post: list[dict[str, Any]] = []
@@ -67,21 +64,25 @@ def pool_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
         post += cases.get("post", [])
         pre += cases.get("pre", [])
         edit_seconds += summary["timing"]["edit_seconds_total"]
+    return {"method": method, "protocol": protocol, "post": post, "pre": pre, "edit_seconds": edit_seconds}
+
+
+def pool_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
+    """Headline metrics (post and pre-edit), mean fluency and seconds per edit over every case of
+    ``run_dirs``, each a finished independent run of the same method and protocol.
+
+    Raises ``DataError`` when the directories mix methods, protocols or modes, or when a request id
+    appears in two of them (overlapping slices would count it twice)."""
+    pooled = _slices(run_dirs)
+    protocol, post, pre = pooled["protocol"], pooled["post"], pooled["pre"]
     n = len(post)
     return {
-        "method": method, "protocol": protocol, "n": n, "slices": [str(d) for d in run_dirs],
+        "method": pooled["method"], "protocol": protocol, "n": n, "slices": [str(d) for d in run_dirs],
         "metrics": protocols.headline(protocol, protocols.aggregate(protocol, post)),
         "pre_metrics": protocols.headline(protocol, protocols.aggregate(protocol, pre)) if pre else None,
         "fluency": {"pre": _mean(c.get("fluency") for c in pre), "post": _mean(c.get("fluency") for c in post)},
-        "seconds_per_edit": edit_seconds / n if n else None,
+        "seconds_per_edit": pooled["edit_seconds"] / n if n else None,
     }
-
-
-def _cases_by_id(run_dirs: list[str | os.PathLike]) -> dict[Any, dict[str, Any]]:
-    """The post-edit cases of ``run_dirs`` (checked as :func:`pool_runs` checks them) keyed by request id."""
-    pool_runs(run_dirs)
-    return {case["id"]: case for run_dir in map(Path, run_dirs)
-            for case in (_read(run_dir / "metrics.json").get("cases") or {}).get("post", [])}
 
 
 def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os.PathLike], metric: str, *,
@@ -100,7 +101,7 @@ def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str 
     """
     if metric not in CASE_METRICS:
         raise ValueError(f"paired_comparison: metric must be one of {list(CASE_METRICS)}, got {metric!r}")
-    a, b = _cases_by_id(run_dirs_a), _cases_by_id(run_dirs_b)
+    a, b = ({case["id"]: case for case in _slices(dirs)["post"]} for dirs in (run_dirs_a, run_dirs_b))
     if set(a) != set(b):
         only = sorted(map(str, set(a) ^ set(b)))[:5]
         raise DataError(f"paired_comparison: the two sides edit different requests (e.g. {only}); "
@@ -111,14 +112,13 @@ def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str 
         return {**out, "mean_a": None, "mean_b": None, "mean_diff": None, "ci95": None,
                 "b_higher": 0, "b_lower": 0, "equal": 0}
     diffs = [y - x for x, y in pairs]
-    ci = None
     if len(set(diffs)) > 1:
         from scipy.stats import bootstrap
 
         res = bootstrap((diffs,), lambda d, axis=-1: d.mean(axis=axis), n_resamples=resamples,
                         confidence_level=0.95, method="percentile", random_state=seed)
         ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-    elif diffs:
+    else:
         ci = [diffs[0], diffs[0]]  # every request moved by the same amount: no spread to resample
     tol = 1e-12
     return {**out, "mean_a": sum(x for x, _ in pairs) / len(pairs), "mean_b": sum(y for _, y in pairs) / len(pairs),

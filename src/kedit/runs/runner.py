@@ -272,7 +272,9 @@ def run_bench(
         first_batch = len(finished)
         edit_seconds = sum(float(r["seconds"]) for r in finished)
         post_cases = [case for r in finished for case in r["cases"]]
-        journal_path.write_text("".join(json.dumps(r, default=str) + "\n" for r in finished), encoding="utf-8")
+        journal_path.write_text("", encoding="utf-8")
+        for record in finished:  # the finished lines, without whatever the kill cut off after them
+            _append_journal(journal_path, record)
         log.info("resuming %s at batch %d/%d", out, first_batch + 1, len(batches))
     elif resume:
         from kedit.ledger import EditSet
