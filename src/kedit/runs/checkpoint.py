@@ -28,6 +28,12 @@ _FILES = ("progress.json", "deltas.safetensors", "state.safetensors", "rng.safet
 _SAME_RUN = ("method", "config_hash", "dataset", "request_ids", "batch_size", "mode", "seed")
 
 
+def _differences(saved: dict[str, Any], expected: dict[str, Any], pair: str) -> str:
+    """``"key: <pair>"`` for every key of ``expected`` that ``saved`` holds differently ('' if none)."""
+    return ", ".join(f"{k}: " + pair.format(saved.get(k), v) for k, v in sorted(expected.items())
+                     if saved.get(k) != v)
+
+
 def save_checkpoint(out_dir: str | os.PathLike, editor, *, next_batch: int, progress: dict[str, Any]) -> Path:
     """Write ``out_dir/checkpoint`` atomically after ``next_batch`` batches were applied."""
     out = Path(out_dir)
@@ -71,9 +77,8 @@ def load_checkpoint(out_dir: str | os.PathLike, editor) -> dict[str, Any]:
         raise LedgerError(f"{folder / 'progress.json'}: not valid JSON ({exc})") from None
     expected = {"base_fingerprint": editor.ledger.base_fingerprint, "method": editor.spec.name,
                 "config_hash": editor.config.config_hash()}
-    wrong = {k: (record.get(k), v) for k, v in expected.items() if record.get(k) != v}
-    if wrong:
-        details = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in sorted(wrong.items()))
+    details = _differences(record, expected, "checkpoint {!r} vs this run {!r}")
+    if details:
         raise LedgerError(f"{folder}: the checkpoint belongs to a different run ({details})")
     deltas = load_file(str(folder / "deltas.safetensors"))
     if deltas:
@@ -84,12 +89,10 @@ def load_checkpoint(out_dir: str | os.PathLike, editor) -> dict[str, Any]:
     return record
 
 
-def _manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    wrong = {k: (old.get(k), new.get(k)) for k in _SAME_RUN if old.get(k) != new.get(k)}
-    fingerprints = [(m.get("model") or {}).get("weights_fingerprint") for m in (old, new)]
-    if fingerprints[0] != fingerprints[1]:
-        wrong["weights_fingerprint"] = tuple(fingerprints)
-    return wrong
+def _run_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a run manifest must share with the one an independent run resumes."""
+    return {**{k: manifest.get(k) for k in _SAME_RUN},
+            "weights_fingerprint": (manifest.get("model") or {}).get("weights_fingerprint")}
 
 
 def finished_batches(out_dir: str | os.PathLike, manifest: dict[str, Any],
@@ -112,9 +115,8 @@ def finished_batches(out_dir: str | os.PathLike, manifest: dict[str, Any],
         old = json.loads(old_manifest.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise LedgerError(f"{old_manifest}: not valid JSON ({exc}); remove the run directory to start over") from None
-    wrong = _manifest_differences(old, manifest)
-    if wrong:
-        details = ", ".join(f"{k}: {a!r} there vs {b!r} here" for k, (a, b) in sorted(wrong.items()))
+    details = _differences(_run_identity(old), _run_identity(manifest), "{!r} there vs {!r} here")
+    if details:
         raise LedgerError(f"{out}: the run directory belongs to a different run ({details[:500]}); "
                           "use another output folder or remove it")
     done: list[dict[str, Any]] = []
