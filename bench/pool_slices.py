@@ -7,7 +7,8 @@ Each folder is a benchmark's ``--out`` (``bench/nake.py``, ``bench/long_form.py`
 method. The metrics are recomputed over every slice's cases (``kedit.runs.pooling``). Where the runs
 journal Nash-bargaining diagnostics, the conflict rates and NaKE's Figures 2–3 are redone over all
 slices' steps.  ``--pair A B`` adds request-by-request comparisons of two methods on the same records
-(``kedit.runs.pooling.paired_comparison``).
+(``kedit.runs.pooling.paired_comparison``).  ``tables.md`` holds the same numbers as the markdown tables
+of ``docs/results.md`` (``kedit.runs.pooled_tables``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 from kedit.runs.nash_plots import load_diagnostics, merge_diagnostics, plot_nash_figures
+from kedit.runs.pooled_tables import paired_table, runs_table
 from kedit.runs.pooling import CASE_METRICS, paired_comparison, pool_runs
 from nake import _conflict_rate, _update_conflict_rate
 
@@ -24,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", help="The slices' --out folders.")
     ap.add_argument("--runs", nargs="+", required=True, help="Run directory names to pool (e.g. unke nake).")
+    ap.add_argument("--title", default="pooled", help="First header cell of the markdown tables (e.g. zsRE).")
     ap.add_argument("--out", required=True, help="Folder for pooled.json (and the diagnostics figures).")
     ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                     help="Also compare run B against run A request by request: mean paired difference, 95 %% "
@@ -55,6 +58,9 @@ def main() -> None:
                       f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] higher {r['b_higher']} lower {r['b_lower']} "
                       f"equal {r['equal']}", flush=True)
     (out / "pooled.json").write_text(json.dumps({"folders": args.folders, "runs": table, "paired": paired}, indent=1))
+    tables = [runs_table(args.title, table)] + [paired_table(f"{args.title}: {label}", rows)
+                                                for label, rows in paired.items()]
+    (out / "tables.md").write_text("\n".join(tables))
     if journals:
         merged = merge_diagnostics(journals, out / "diagnostics.jsonl")
         print("plots:", {k: str(v) for k, v in plot_nash_figures(merged, out).items()})

@@ -1,0 +1,60 @@
+"""The markdown tables the docs take from pooled results: number formats, columns left out, refusals."""
+from __future__ import annotations
+
+import pytest
+
+from kedit.runs.pooled_tables import fmt_diff, fmt_score, paired_table, runs_table
+
+
+@pytest.mark.parametrize("x, text", [(0.9585, ".959"), (1.0, "1"), (0.0, "0"), (0.0004, "0"), (-0.0004, "0"),
+                                     (0.9996, "1.000"), (-0.0125, "\u2212.013"), (4.5136, "4.51"),
+                                     (None, "\u2013"), (float("nan"), "\u2013")])
+def test_scores_print_as_the_docs_write_them(x, text):
+    assert fmt_score(x) == text
+
+
+@pytest.mark.parametrize("x, text", [(0.0483, "+.048"), (-0.0133, "\u2212.013"), (0.0, "0"), (0.1344, "+.134")])
+def test_differences_carry_their_sign(x, text):
+    assert fmt_diff(x) == text
+
+
+def _run(n, edit, locality, portability=None, **extra):
+    metrics = {"edit_succ": edit, "rephrase": 0.5, "locality": locality}
+    pre = {"edit_succ": 0.2, "rephrase": 0.2, "locality": 1.0}
+    if portability is not None:
+        metrics["portability"], pre["portability"] = portability, 0.35
+    return {"n": n, "metrics": metrics, "pre_metrics": pre, "fluency": {"pre": 3.07, "post": 4.5},
+            "seconds_per_edit": 30.44, **extra}
+
+
+def test_runs_table_rows_and_columns():
+    runs = {"unke": _run(100, 0.959, 0.599, 0.299, conflict_rate=0.767, update_conflict_rate=0.373),
+            "nake": _run(100, 0.959, 0.647, 0.309, conflict_rate=0.975, update_conflict_rate=0.0)}
+    lines = runs_table("zsRE", runs).splitlines()
+    assert lines[0] == ("| zsRE, 100 records | edit succ. | rephrase | portability | locality | fluency (bits) "
+                        "| update conflicts | raw conflicts | s/edit |")
+    assert lines[2] == "| unedited | .200 | .200 | .350 | 1 | 3.07 | \u2013 | \u2013 | \u2013 |"
+    assert lines[4] == "| nake | .959 | .500 | .309 | .647 | 4.50 | 0 | .975 | 30.4 |"
+
+
+def test_columns_no_run_has_are_left_out():
+    """CounterFact carries no portability, and runs without diagnostics no conflict rates."""
+    header = runs_table("CounterFact", {"unke": _run(90, 0.989, 0.591)}).splitlines()[0]
+    assert "portability" not in header and "conflicts" not in header
+    assert header.startswith("| CounterFact, 90 records | edit succ. | rephrase | locality |")
+
+
+def test_runs_over_different_records_are_refused():
+    with pytest.raises(ValueError, match="same records"):
+        runs_table("zsRE", {"unke": _run(100, 0.9, 0.6), "nake": _run(90, 0.9, 0.6)})
+    with pytest.raises(ValueError, match="no runs"):
+        runs_table("zsRE", {})
+
+
+def test_paired_table_skips_metrics_no_request_has():
+    rows = [{"metric": "locality_mean", "n": 100, "mean_diff": 0.0483, "ci95": [0.0181, 0.0792],
+             "b_higher": 23, "b_lower": 4, "equal": 73},
+            {"metric": "portability_mean", "n": 0, "mean_diff": None, "ci95": None,
+             "b_higher": 0, "b_lower": 0, "equal": 0}]
+    lines = paired_table("zsRE: nake vs unke", rows).splitlines()
+    assert lines[2:] == ["| locality | +.048 [.018, .079] | 23 / 4 / 73 | 100 |"]
