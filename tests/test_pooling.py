@@ -121,3 +121,65 @@ def test_paired_comparison_refuses_different_requests_or_metrics(tmp_path):
         paired_comparison(a, b, "edit_succ")
     with pytest.raises(ValueError, match="metric must be one of"):
         paired_comparison(a, a, "bleu")
+
+
+def _knowedit(i, locality, edit=1.0):
+    return {"id": i, "edit_succ": edit, "rephrase": 0.5, "fluency": 4.0, "locality": {"locality": locality},
+            "locality_mean": locality, "portability": {"reasoning": 0.25}, "portability_mean": 0.25}
+
+
+def _journal(folder, cos_pe):
+    steps = [{"step": s, "layer": 1, "cos_pe": c, "cos_gp": 0.5, "cos_ge": 0.5 if c > -0.9 else -0.1,
+              "lambda_p": 1.0, "lambda_e": 1.0, "norm_ratio": 1.0} for s, c in enumerate(cos_pe)]
+    (folder / "journal.jsonl").write_text(json.dumps({"batch": 0, "info": {"diagnostics": steps}}) + "\n")
+
+
+def test_pool_report_writes_the_tables_conflicts_and_pairs_of_sliced_benchmarks(tmp_path):
+    from kedit.runs.pool_report import pool_report
+
+    locs = {"unke": [0.5, 0.25, 1.0, 0.5], "nake": [0.75, 0.5, 1.0, 0.5]}
+    for lo, hi, folder in ((0, 2, "s0"), (2, 4, "s1")):
+        for name, loc in locs.items():
+            run = _write_run(tmp_path / folder / name, [_knowedit(i, loc[i]) for i in range(lo, hi)],
+                             [_knowedit(i, 1.0, edit=0.0) for i in range(lo, hi)], method=name, seconds=10.0)
+            _journal(run, [-0.5, 0.2] if name == "unke" else [-0.95, -0.5])
+    report = pool_report([tmp_path / "s0", tmp_path / "s1"], tmp_path / "out", runs=["unke", "nake"],
+                         pairs=[("unke", "nake")], title="zsRE")
+    unke, nake = report["runs"]["unke"], report["runs"]["nake"]
+    assert unke["n"] == nake["n"] == 4 and unke["seconds_per_edit"] == 5.0
+    assert math.isclose(nake["metrics"]["locality"], 2.75 / 4)
+    assert (unke["conflict_rate"], nake["conflict_rate"]) == (0.5, 1.0)  # over both slices' steps
+    assert (unke["update_conflict_rate"], nake["update_conflict_rate"]) == (0.0, 0.5)
+    tables = (tmp_path / "out" / "tables.md").read_text()
+    assert "| nake | 1 | .500 | .250 | .688 | 4 | .500 | 1 | 5.0 |" in tables
+    assert "| locality | +.125 [" in tables and "| 2 / 0 / 2 | 4 |" in tables
+    saved = json.loads((tmp_path / "out" / "pooled.json").read_text())
+    assert saved["paired"]["nake vs unke"][3]["b_higher"] == 2
+    assert report["files"]["cosines"].exists()
+
+
+def test_pool_report_refuses_a_pair_it_does_not_pool(tmp_path):
+    from kedit.runs.pool_report import pool_report
+
+    run = _write_run(tmp_path / "s" / "unke", [_knowedit(0, 1.0)], [], method="unke")
+    with pytest.raises(DataError, match=r"names \['nake'\]"):
+        pool_report([tmp_path / "s"], tmp_path / "out", runs=["unke"], pairs=[("unke", "nake")])
+    with pytest.raises(DataError, match="no slices"):
+        pool_report([], tmp_path / "out")
+    assert run.exists() and not (tmp_path / "out").exists()  # nothing written on refusal
+
+
+def test_kedit_pool_pools_run_directories_of_one_method(tmp_path):
+    from typer.testing import CliRunner
+
+    from kedit.cli import app
+
+    slices = [str(_write_run(tmp_path / f"r{k}", [_knowedit(k, 0.5)], [_knowedit(k, 1.0, edit=0.0)], method="unke"))
+              for k in range(3)]
+    result = CliRunner().invoke(app, ["pool", *slices, "--out", str(tmp_path / "out"), "--title", "zsRE"])
+    assert result.exit_code == 0, result.output
+    assert "| unke | 1 | .500 | .250 | .500 | 4 | 1.0 |" in (tmp_path / "out" / "tables.md").read_text()
+    bad = CliRunner().invoke(app, ["pool", *slices, "--out", str(tmp_path / "o2"), "--pair", "unke"])
+    assert bad.exit_code == 2 and "A,B" in bad.output
+    overlap = CliRunner().invoke(app, ["pool", slices[0], slices[0], "--out", str(tmp_path / "o3")])
+    assert overlap.exit_code == 2 and "disjoint" in overlap.output

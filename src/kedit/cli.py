@@ -1,4 +1,4 @@
-"""The ``kedit`` command: methods, bench, edit, demo, export, stats.
+"""The ``kedit`` command: methods, bench, pool, edit, demo, export, stats.
 
 This is the only module that configures logging (a rich handler on stderr, INFO by default,
 ``kedit --quiet ...`` for warnings only).  Errors raised by kedit (``kedit.errors.*``) and missing
@@ -270,6 +270,30 @@ def bench(
     console = _stdout()
     print_summary_table(summary, console)
     console.print(f"Wrote {out}/summary.json")
+
+
+@app.command()
+@_handle_errors
+def pool(
+    slices: list[Path] = typer.Argument(..., help="Run directories of independent `kedit bench --start` slices, "
+                                        "or (with --runs) benchmark folders holding one run directory per method."),
+    out: Path = typer.Option(..., "--out", help="Folder for pooled.json, tables.md and the diagnostics figures."),
+    runs: Optional[list[str]] = typer.Option(None, "--runs", help="Run directory name inside each slice folder (repeat: --runs unke --runs nake)."),
+    pair: Optional[list[str]] = typer.Option(None, "--pair", help="A,B: compare run B against run A request by request (repeatable)."),
+    title: str = typer.Option("pooled", "--title", help="First header cell of the markdown tables."),
+) -> None:
+    """Pool disjoint slices of an independent-edit benchmark into one table (and compare methods)."""
+    from kedit.runs.pool_report import pool_report
+
+    pairs = []
+    for text in pair or []:
+        names = [x.strip() for x in text.split(",")]
+        if len(names) != 2 or not all(names):
+            raise typer.BadParameter(f"--pair {text!r}: expected two run names as A,B")
+        pairs.append((names[0], names[1]))
+    report = pool_report(slices, out, runs=runs or None, pairs=pairs, title=title)
+    typer.echo(report["files"]["tables"].read_text())  # unwrapped: the lines are markdown table rows
+    _stdout().print(f"Wrote {out}/pooled.json and {out}/tables.md")
 
 
 @app.command()

@@ -36,6 +36,8 @@ from kedit.runs.plots import _pyplot, _save
 
 __all__ = [
     "load_diagnostics",
+    "conflict_rate",
+    "update_conflict_rate",
     "write_diagnostics",
     "merge_diagnostics",
     "plot_cosine_histograms",
@@ -77,6 +79,20 @@ def load_diagnostics(journal_path: str | Path) -> list[dict[str, Any]]:
         for entry in entries:
             out.append({"batch": batch, **entry, "method": entry.get("method") or record.get("method")})
     return out
+
+
+def conflict_rate(diagnostics: Sequence[dict[str, Any]]) -> float | None:
+    """Share of steps whose raw gradients conflict, cos(g_p, g_e) < 0: a property of the loss landscape
+    a method walks through, not of the direction it applies."""
+    cos = [d["cos_pe"] for d in diagnostics if d.get("cos_pe") is not None]
+    return sum(c < 0 for c in cos) / len(cos) if cos else None
+
+
+def update_conflict_rate(diagnostics: Sequence[dict[str, Any]]) -> float | None:
+    """Share of steps whose applied direction g works against a player, cos(g, g_p) < 0 or cos(g, g_e) < 0:
+    the conflict NaKE's Figure 2 shows the bargaining removes (its Λ > 0 keeps both cosines positive)."""
+    rows = [d for d in diagnostics if d.get("cos_gp") is not None and d.get("cos_ge") is not None]
+    return sum(d["cos_gp"] < 0 or d["cos_ge"] < 0 for d in rows) / len(rows) if rows else None
 
 
 def write_diagnostics(journal_path: str | Path, diagnostics: Sequence[dict[str, Any]], **fields: Any) -> Path:
