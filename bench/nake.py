@@ -22,7 +22,8 @@ import yaml
 import kedit
 from kedit.data.loaders import load_requests
 from kedit.paths import data_dir
-from kedit.runs.nash_plots import load_diagnostics, merge_diagnostics, plot_nash_figures
+from kedit.runs.nash_plots import (conflict_rate, load_diagnostics, merge_diagnostics, plot_nash_figures,
+                                   update_conflict_rate)
 from kedit.runs.run_dir import shared_pre_edit
 from kedit.runs.runner import run_bench
 
@@ -34,19 +35,6 @@ RUNS = {
     "anyedit_unke+nash": ("anyedit_unke", {"fit": {"combine": "nash", "diagnostics": True}}),
 }
 SWEEP = (1.0, 2.0, 5.0, 10.0)
-
-
-def _conflict_rate(diagnostics) -> float | None:
-    """Share of steps whose raw gradients conflict, cos(g_p, g_e) < 0 (a property of the loss landscape)."""
-    cos = [d["cos_pe"] for d in diagnostics if d.get("cos_pe") is not None]
-    return sum(c < 0 for c in cos) / len(cos) if cos else None
-
-
-def _update_conflict_rate(diagnostics) -> float | None:
-    """Share of steps whose applied direction g works against a player, cos(g, g_p) < 0 or cos(g, g_e) < 0:
-    the conflict NaKE's Figure 2 shows the bargaining removes (its Λ > 0 keeps both cosines positive)."""
-    rows = [d for d in diagnostics if d.get("cos_gp") is not None and d.get("cos_ge") is not None]
-    return sum(d["cos_gp"] < 0 or d["cos_ge"] < 0 for d in rows) / len(rows) if rows else None
 
 
 def main() -> None:
@@ -89,8 +77,8 @@ def main() -> None:
         diagnostics = load_diagnostics(out / name / "journal.jsonl")
         table[name] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                        "fluency": summary["fluency"], "timing": summary["timing"],
-                       "conflict_rate": _conflict_rate(diagnostics),
-                       "update_conflict_rate": _update_conflict_rate(diagnostics), "wall_seconds": time.perf_counter() - start}
+                       "conflict_rate": conflict_rate(diagnostics),
+                       "update_conflict_rate": update_conflict_rate(diagnostics), "wall_seconds": time.perf_counter() - start}
         m = summary["metrics"]
         if name.startswith("fixed_p") or name == "nake":
             sweep.append({"method": "nake" if name == "nake" else "fixed",
