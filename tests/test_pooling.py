@@ -155,7 +155,18 @@ def test_pool_report_writes_the_tables_conflicts_and_pairs_of_sliced_benchmarks(
     assert "| locality | +.125 [" in tables and "| 2 / 0 / 2 | 4 |" in tables
     saved = json.loads((tmp_path / "out" / "pooled.json").read_text())
     assert saved["paired"]["nake vs unke"][3]["b_higher"] == 2
-    assert report["files"]["cosines"].exists()
+    assert report["files"]["cosines"].exists() and report["files"]["paired_unke_nake"].exists()
+
+
+def test_paired_scores_are_the_requests_both_sides_score(tmp_path):
+    from kedit.runs.paired_plots import plot_paired_scores
+    from kedit.runs.pooling import paired_scores
+
+    a = [_write_run(tmp_path / "a", [{"id": 0, "fluency": 4.0}, {"id": 1, "fluency": None}], [])]
+    b = [_write_run(tmp_path / "b", [{"id": 1, "fluency": 3.0}, {"id": 0, "fluency": 5.0}], [])]
+    assert paired_scores(a, b, "fluency") == {"pairs": [(0, 4.0, 5.0)], "n_missing": 1}
+    assert paired_scores(a, b, "rephrase") == {"pairs": [], "n_missing": 2}
+    assert plot_paired_scores({"rephrase": []}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
 def test_pool_report_refuses_a_pair_it_does_not_pool(tmp_path):

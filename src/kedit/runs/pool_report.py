@@ -1,6 +1,6 @@
-"""Pool slices of independent-edit benchmarks into one report: ``pooled.json``, ``tables.md`` and,
-where the runs journal Nash-bargaining diagnostics, the conflict rates and NaKE's Figures 2–3 over
-every slice's steps.
+"""Pool slices of independent-edit benchmarks into one report: ``pooled.json``, ``tables.md``, a
+request-by-request scatter for each compared pair and, where the runs journal Nash-bargaining
+diagnostics, the conflict rates and NaKE's Figures 2–3 over every slice's steps.
 
 A slice is either one run directory (``kedit bench --start S --out DIR``) or a benchmark's ``--out``
 folder holding one run directory per method (``bench/nake.py``, ``bench/long_form.py``); ``runs`` names
@@ -17,8 +17,9 @@ from typing import Any, Sequence
 from kedit.errors import DataError
 from kedit.runs.nash_plots import (conflict_rate, load_diagnostics, merge_diagnostics, plot_nash_figures,
                                    update_conflict_rate)
+from kedit.runs.paired_plots import plot_paired_scores
 from kedit.runs.pooled_tables import paired_table, runs_table
-from kedit.runs.pooling import CASE_METRICS, paired_comparison, pool_runs
+from kedit.runs.pooling import CASE_METRICS, paired_comparison, paired_scores, pool_runs
 
 __all__ = ["pool_report"]
 
@@ -74,6 +75,11 @@ def pool_report(slices: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
                                           indent=1))
     files["tables"].write_text("\n".join([runs_table(title, table)]
                                          + [paired_table(f"{title}: {label}", rows) for label, rows in paired.items()]))
+    for a, b in pairs:
+        scores = {m: [(x, y) for _, x, y in paired_scores(dirs[a], dirs[b], m)["pairs"]] for m in CASE_METRICS}
+        figure = plot_paired_scores(scores, out / f"paired_{a}_{b}.png", names=(a, b))
+        if figure is not None:
+            files[f"paired_{a}_{b}"] = figure
     if journals:
         files.update(plot_nash_figures(merge_diagnostics(journals, out / "diagnostics.jsonl"), out))
     return {"folders": [str(s) for s in slices], "runs": table, "paired": paired, "files": files}

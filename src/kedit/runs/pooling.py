@@ -19,7 +19,7 @@ from kedit.errors import DataError
 from kedit.runs import protocols
 from kedit.runs.protocols import _mean
 
-__all__ = ["pool_runs", "paired_comparison", "CASE_METRICS"]
+__all__ = ["pool_runs", "paired_scores", "paired_comparison", "CASE_METRICS"]
 
 # Per-request scalars of the KnowEdit cases that paired comparisons read (None where a request lacks one).
 CASE_METRICS = ("edit_succ", "rephrase", "portability_mean", "locality_mean", "fluency")
@@ -85,6 +85,25 @@ def pool_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
     }
 
 
+def paired_scores(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os.PathLike],
+                  metric: str) -> dict[str, Any]:
+    """``{"pairs": [(request id, A's score, B's score), ...], "n_missing": k}`` over the requests both
+    sides score (in A's order); ``n_missing`` counts those where either side has no score.
+
+    Raises ``DataError`` when the two sides do not hold the same request ids, and ``ValueError`` for
+    a metric outside :data:`CASE_METRICS`."""
+    if metric not in CASE_METRICS:
+        raise ValueError(f"paired_comparison: metric must be one of {list(CASE_METRICS)}, got {metric!r}")
+    a, b = ({case["id"]: case for case in _slices(dirs)["post"]} for dirs in (run_dirs_a, run_dirs_b))
+    if set(a) != set(b):
+        only = sorted(map(str, set(a) ^ set(b)))[:5]
+        raise DataError(f"paired_comparison: the two sides edit different requests (e.g. {only}); "
+                        "pass the same slices of both methods")
+    pairs = [(i, a[i][metric], b[i][metric]) for i in a
+             if a[i].get(metric) is not None and b[i].get(metric) is not None]
+    return {"pairs": pairs, "n_missing": len(a) - len(pairs)}
+
+
 def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os.PathLike], metric: str, *,
                       resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
     """Method B against method A on the same requests: the mean paired difference B − A of a
@@ -99,15 +118,9 @@ def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str 
     Raises ``DataError`` when the two sides do not hold the same request ids, and ``ValueError`` for
     a metric outside :data:`CASE_METRICS`.
     """
-    if metric not in CASE_METRICS:
-        raise ValueError(f"paired_comparison: metric must be one of {list(CASE_METRICS)}, got {metric!r}")
-    a, b = ({case["id"]: case for case in _slices(dirs)["post"]} for dirs in (run_dirs_a, run_dirs_b))
-    if set(a) != set(b):
-        only = sorted(map(str, set(a) ^ set(b)))[:5]
-        raise DataError(f"paired_comparison: the two sides edit different requests (e.g. {only}); "
-                        "pass the same slices of both methods")
-    pairs = [(a[i][metric], b[i][metric]) for i in a if a[i].get(metric) is not None and b[i].get(metric) is not None]
-    out: dict[str, Any] = {"metric": metric, "n": len(pairs), "n_missing": len(a) - len(pairs)}
+    scores = paired_scores(run_dirs_a, run_dirs_b, metric)
+    pairs = [(x, y) for _, x, y in scores["pairs"]]
+    out: dict[str, Any] = {"metric": metric, "n": len(pairs), "n_missing": scores["n_missing"]}
     if not pairs:
         return {**out, "mean_a": None, "mean_b": None, "mean_diff": None, "ci95": None,
                 "b_higher": 0, "b_lower": 0, "equal": 0}
