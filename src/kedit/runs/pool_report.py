@@ -19,7 +19,7 @@ from kedit.runs.nash_plots import (conflict_rate, load_diagnostics, merge_diagno
                                    update_conflict_rate)
 from kedit.runs.paired_plots import plot_paired_scores
 from kedit.runs.pooled_tables import paired_table, runs_table
-from kedit.runs.pooling import CASE_METRICS, paired_comparison, paired_scores, pool_runs
+from kedit.runs.pooling import CASE_METRICS, paired_scores, paired_statistics, pool_runs
 
 __all__ = ["pool_report"]
 
@@ -44,7 +44,7 @@ def pool_report(slices: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
         ``{"folders", "runs": {name: pooled table}, "paired": {"B vs A": rows}, "files": {...}}``.
 
     Raises ``DataError`` for a pair naming a run not pooled, and everything ``pool_runs`` and
-    ``paired_comparison`` raise (mixed methods, overlapping slices, different requests).
+    ``paired_scores`` raise (mixed methods, overlapping slices, different requests).
     """
     slices = [Path(s) for s in slices]
     if not slices:
@@ -66,20 +66,21 @@ def pool_report(slices: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
             row["update_conflict_rate"] = update_conflict_rate(diagnostics)
             journals[name] = [run_dir / "journal.jsonl" for run_dir in run_dirs]
         table[name] = row
-    paired = {f"{b} vs {a}": [paired_comparison(dirs[a], dirs[b], metric) for metric in CASE_METRICS]
-              for a, b in pairs}
+    scores = {(a, b): {m: paired_scores(dirs[a], dirs[b], m) for m in CASE_METRICS} for a, b in pairs}
+    paired = {f"{b} vs {a}": [paired_statistics(by_metric[m], m) for m in CASE_METRICS]
+              for (a, b), by_metric in scores.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"pooled": out / "pooled.json", "tables": out / "tables.md"}
-    files["pooled"].write_text(json.dumps({"folders": [str(s) for s in slices], "runs": table, "paired": paired},
-                                          indent=1))
+    folders = [str(s) for s in slices]
+    files["pooled"].write_text(json.dumps({"folders": folders, "runs": table, "paired": paired}, indent=1))
     files["tables"].write_text("\n".join([runs_table(title, table)]
                                          + [paired_table(f"{title}: {label}", rows) for label, rows in paired.items()]))
-    for a, b in pairs:
-        scores = {m: [(x, y) for _, x, y in paired_scores(dirs[a], dirs[b], m)["pairs"]] for m in CASE_METRICS}
-        figure = plot_paired_scores(scores, out / f"paired_{a}_{b}.png", names=(a, b))
+    for (a, b), by_metric in scores.items():
+        points = {m: [(x, y) for _, x, y in by_metric[m]["pairs"]] for m in CASE_METRICS}
+        figure = plot_paired_scores(points, out / f"paired_{a}_{b}.png", names=(a, b))
         if figure is not None:
             files[f"paired_{a}_{b}"] = figure
     if journals:
         files.update(plot_nash_figures(merge_diagnostics(journals, out / "diagnostics.jsonl"), out))
-    return {"folders": [str(s) for s in slices], "runs": table, "paired": paired, "files": files}
+    return {"folders": folders, "runs": table, "paired": paired, "files": files}

@@ -19,7 +19,7 @@ from kedit.errors import DataError
 from kedit.runs import protocols
 from kedit.runs.protocols import _mean
 
-__all__ = ["pool_runs", "paired_scores", "paired_comparison", "CASE_METRICS"]
+__all__ = ["pool_runs", "paired_scores", "paired_statistics", "paired_comparison", "CASE_METRICS"]
 
 # Per-request scalars of the KnowEdit cases that paired comparisons read (None where a request lacks one).
 CASE_METRICS = ("edit_succ", "rephrase", "portability_mean", "locality_mean", "fluency")
@@ -118,7 +118,13 @@ def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str 
     Raises ``DataError`` when the two sides do not hold the same request ids, and ``ValueError`` for
     a metric outside :data:`CASE_METRICS`.
     """
-    scores = paired_scores(run_dirs_a, run_dirs_b, metric)
+    return paired_statistics(paired_scores(run_dirs_a, run_dirs_b, metric), metric, resamples=resamples, seed=seed)
+
+
+def paired_statistics(scores: dict[str, Any], metric: str, *, resamples: int = 10_000,
+                      seed: int = 0) -> dict[str, Any]:
+    """:func:`paired_comparison` from :func:`paired_scores` already read (one read serves the
+    statistics and the request-by-request figure)."""
     pairs = [(x, y) for _, x, y in scores["pairs"]]
     out: dict[str, Any] = {"metric": metric, "n": len(pairs), "n_missing": scores["n_missing"]}
     if not pairs:
