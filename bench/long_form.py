@@ -23,6 +23,7 @@ import yaml
 import kedit
 from kedit.data.unstructured import load_editeverything, load_unkebench
 from kedit.paths import data_dir
+from kedit.runs.length_plots import length_series, plot_score_by_length
 from kedit.runs.run_dir import shared_pre_edit
 from kedit.runs.runner import run_bench
 
@@ -50,31 +51,20 @@ def _per_domain(requests, k: int, skip: int = 0):
     return out
 
 
-def plot_length(cases_by_method: dict[str, list[tuple[int, float]]], path: Path) -> Path:
-    """BLEU of the original question against answer length (tokens), one line per method."""
-    import matplotlib
+def load_overrides(configs: str, methods) -> dict[str, dict]:
+    """``<configs>/<method>.yaml`` for each method that has one ('' = class defaults for all)."""
+    overrides = {}
+    for method in methods if configs else ():
+        path = Path(configs) / f"{method}.yaml"
+        if path.exists():
+            overrides[method] = yaml.safe_load(path.read_text())
+    return overrides
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, points in cases_by_method.items():
-        points = sorted(points)
-        if not points:
-            continue
-        bins: dict[int, list[float]] = {}
-        for n_tok, bleu in points:
-            bins.setdefault(n_tok // 20 * 20, []).append(bleu)
-        xs = sorted(bins)
-        ax.plot(xs, [100 * sum(bins[x]) / len(bins[x]) for x in xs], marker="o", label=method)
-    ax.set_xlabel("answer length (tokens, bins of 20)")
-    ax.set_ylabel("BLEU (original question, ×100)")
-    ax.set_title("Edit efficacy against answer length")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def plot_length(cases_by_method: dict[str, list[tuple[int, float]]], path: Path) -> Path | None:
+    """BLEU of the original question against answer length (bins of 20 tokens), one line per method."""
+    series = {m: length_series(points, bin_width=20) for m, points in cases_by_method.items()}
+    return plot_score_by_length(series, path, xlabel="answer length (tokens, bins of 20)")
 
 
 def main() -> None:
@@ -95,12 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = {}
-    if args.configs:
-        for method in args.methods:
-            path = Path(args.configs) / f"{method}.yaml"
-            if path.exists():
-                overrides[method] = yaml.safe_load(path.read_text())
+    overrides = load_overrides(args.configs, args.methods)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = kedit.load_model()

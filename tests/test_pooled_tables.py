@@ -58,3 +58,24 @@ def test_paired_table_skips_metrics_no_request_has():
              "b_higher": 0, "b_lower": 0, "equal": 0}]
     lines = paired_table("zsRE: nake vs unke", rows).splitlines()
     assert lines[2:] == ["| locality | +.048 [.018, .079] | 23 / 4 / 73 | 100 |"]
+
+
+def _long_run(n, bleu, by_domain=None):
+    metrics = {"bleu": {"original": bleu, "paraphrase": None},
+               "rouge_l": {"original": {"recall": 0.5, "f1": 0.4}, "paraphrase": {"recall": None, "f1": None}},
+               "similarity": {"original": 0.9, "paraphrase": None}, "sacrebleu": {"original": 0.25, "paraphrase": None}}
+    if by_domain:
+        metrics["by_domain"] = {d: {"bleu": b, "rouge_l": None, "similarity": None} for d, b in by_domain.items()}
+    return {"n": n, "protocol": "unstructured", "metrics": metrics, "pre_metrics": None, "seconds_per_edit": 101.96}
+
+
+def test_long_answer_runs_get_their_own_table_and_domains():
+    """Long answers print orig. / para. pairs (a benchmark without rephrases shows –) and, for
+    EditEverything, BLEU per domain in the order the runs first name them."""
+    text = runs_table("EditEverything", {"anyedit": _long_run(10, 0.8, {"math": 0.5, "code": 1.0}),
+                                         "muke": _long_run(10, 0.9, {"code": 0.75, "news": 0.25})})
+    lines = text.splitlines()
+    assert lines[2] == "| anyedit | .800 / \u2013 | .500 / \u2013 | .900 / \u2013 | .250 / \u2013 | 102.0 |"
+    assert "| EditEverything: BLEU (orig.) by domain | math | code | news |" in lines
+    assert lines[-1] == "| muke | \u2013 | .750 | .250 |"
+    assert "by domain" not in runs_table("UnKEBench", {"muke": _long_run(10, 0.9)})

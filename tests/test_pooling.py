@@ -194,3 +194,56 @@ def test_kedit_pool_pools_run_directories_of_one_method(tmp_path):
     assert bad.exit_code == 2 and "A,B" in bad.output
     overlap = CliRunner().invoke(app, ["pool", slices[0], slices[0], "--out", str(tmp_path / "o3")])
     assert overlap.exit_code == 2 and "disjoint" in overlap.output
+
+
+def _long_case(i, bleu, rouge_recall, sim, *, paraphrase=True):
+    """A long-answer case as ``evaluate_unstructured`` writes it (scores only)."""
+    text = ["the cat sat on the mat"]
+    block = {"bleu": bleu, "rouge_l": {"recall": rouge_recall, "f1": rouge_recall / 2}, "similarity": sim,
+             "answers": text, "predictions": text}
+    return {"id": i, "domain": None, "original": dict(block), "portability": {},
+            "paraphrase": {**block, "bleu": bleu / 2} if paraphrase else None}
+
+
+def test_long_answer_scores_are_read_per_question(tmp_path):
+    from kedit.runs.pooling import LONG_FORM_METRICS, case_metrics, case_score, paired_scores
+
+    case = _long_case(0, 0.8, 0.6, 0.9)
+    assert case_metrics("unstructured") == LONG_FORM_METRICS and "fluency" in case_metrics("zsre")
+    assert [case_score(case, m) for m in LONG_FORM_METRICS] == [0.8, 0.4, 0.6, 0.6, 0.9, 0.9]
+    assert case_score(_long_case(1, 0.8, 0.6, 0.9, paraphrase=False), "bleu.paraphrase") is None
+    a = [_write_run(tmp_path / "a", [_long_case(0, 0.5, 0.5, 0.5), _long_case(1, 0.2, 0.2, 0.2, paraphrase=False)],
+                    [], method="anyedit", protocol="unstructured")]
+    b = [_write_run(tmp_path / "b", [_long_case(1, 0.3, 0.3, 0.3), _long_case(0, 1.0, 0.5, 0.5)],
+                    [], method="muke", protocol="unstructured")]
+    assert paired_scores(a, b, "bleu.original") == {"pairs": [(0, 0.5, 1.0), (1, 0.2, 0.3)], "n_missing": 0}
+    assert paired_scores(a, b, "bleu.paraphrase") == {"pairs": [(0, 0.25, 0.5)], "n_missing": 1}
+    with pytest.raises(ValueError, match="'unstructured' runs"):
+        paired_scores(a, b, "locality_mean")
+    knowedit = [_write_run(tmp_path / "k", [{"id": 0, "edit_succ": 1.0}, {"id": 1, "edit_succ": 1.0}], [])]
+    with pytest.raises(DataError, match="compare runs of one benchmark"):
+        paired_scores(a, knowedit, "edit_succ")
+
+
+def test_pool_report_of_long_answer_slices(tmp_path):
+    from kedit.runs.pool_report import pool_report
+
+    bleu = {"anyedit": [0.5, 0.75, 1.0], "muke": [1.0, 0.75, 1.0]}
+    for lo, hi, folder in ((0, 1, "s0"), (1, 3, "s1")):
+        for name, scores in bleu.items():
+            _write_run(tmp_path / folder / f"unkebench-{name}",
+                       [_long_case(i, scores[i], 0.5, 0.9) for i in range(lo, hi)],
+                       [_long_case(i, 0.25, 0.25, 0.5) for i in range(lo, hi)],
+                       method=name, protocol="unstructured", seconds=30.0)
+    report = pool_report([tmp_path / "s0", tmp_path / "s1"], tmp_path / "out",
+                         runs=["unkebench-anyedit", "unkebench-muke"], pairs=[("unkebench-anyedit", "unkebench-muke")],
+                         title="UnKEBench")
+    assert report["runs"]["unkebench-muke"]["metrics"]["bleu"] == {"original": 2.75 / 3, "paraphrase": 2.75 / 6}
+    lines = (tmp_path / "out" / "tables.md").read_text().splitlines()
+    assert lines[0] == ("| UnKEBench, 3 records | BLEU orig. / para. | ROUGE-L r orig. / para. | "
+                        "similarity orig. / para. | sacreBLEU orig. / para. | s/edit |")
+    assert lines[2] == "| unedited | .250 / .125 | .250 / .250 | .500 / .500 | 1 / 1 | \u2013 |"
+    assert lines[3] == "| unkebench-anyedit | .750 / .375 | .500 / .500 | .900 / .900 | 1 / 1 | 20.0 |"
+    bleu_row = next(line for line in lines if line.startswith("| BLEU (orig.)"))
+    assert bleu_row.startswith("| BLEU (orig.) | +.167 [") and bleu_row.endswith("| 1 / 0 / 2 | 3 |")
+    assert report["files"]["paired_unkebench-anyedit_unkebench-muke"].exists()

@@ -19,7 +19,7 @@ from kedit.runs.nash_plots import (conflict_rate, load_diagnostics, merge_diagno
                                    update_conflict_rate)
 from kedit.runs.paired_plots import plot_paired_scores
 from kedit.runs.pooled_tables import paired_table, runs_table
-from kedit.runs.pooling import CASE_METRICS, paired_scores, paired_statistics, pool_runs
+from kedit.runs.pooling import case_metrics, paired_scores, paired_statistics, pool_runs
 
 __all__ = ["pool_report"]
 
@@ -66,8 +66,9 @@ def pool_report(slices: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
             row["update_conflict_rate"] = update_conflict_rate(diagnostics)
             journals[name] = [run_dir / "journal.jsonl" for run_dir in run_dirs]
         table[name] = row
-    scores = {(a, b): {m: paired_scores(dirs[a], dirs[b], m) for m in CASE_METRICS} for a, b in pairs}
-    paired = {f"{b} vs {a}": [paired_statistics(by_metric[m], m) for m in CASE_METRICS]
+    scores = {(a, b): {m: paired_scores(dirs[a], dirs[b], m) for m in case_metrics(table[a]["protocol"])}
+              for a, b in pairs}
+    paired = {f"{b} vs {a}": [paired_statistics(s, m) for m, s in by_metric.items()]
               for (a, b), by_metric in scores.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def pool_report(slices: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
     files["tables"].write_text("\n".join([runs_table(title, table)]
                                          + [paired_table(f"{title}: {label}", rows) for label, rows in paired.items()]))
     for (a, b), by_metric in scores.items():
-        points = {m: [(x, y) for _, x, y in by_metric[m]["pairs"]] for m in CASE_METRICS}
+        points = {m: [(x, y) for _, x, y in s["pairs"]] for m, s in by_metric.items()}
         figure = plot_paired_scores(points, out / f"paired_{a}_{b}.png", names=(a, b))
         if figure is not None:
             files[f"paired_{a}_{b}"] = figure

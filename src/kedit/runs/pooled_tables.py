@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kedit.runs.pooling import CASE_LABELS
+
 __all__ = ["fmt_score", "fmt_diff", "runs_table", "paired_table"]
 
 # (column header, headline metric key) of the KnowEdit scores, in the docs' order.
 _SCORES = (("edit succ.", "edit_succ"), ("rephrase", "rephrase"), ("portability", "portability"),
            ("locality", "locality"))
-# Per-request metric names of paired comparisons (kedit.runs.pooling.CASE_METRICS) as the docs say them.
-_CASE_LABELS = {"edit_succ": "edit succ.", "rephrase": "rephrase", "portability_mean": "portability",
-                "locality_mean": "locality", "fluency": "fluency (bits)"}
+# (column header, headline score) of long-answer runs, each printed as "original / paraphrase".
+_LONG_FORM_SCORES = (("BLEU", "bleu"), ("ROUGE-L r", "rouge_l"), ("similarity", "similarity"),
+                     ("sacreBLEU", "sacrebleu"))
 _MINUS = "\u2212"
 _NONE = "\u2013"
 
@@ -48,10 +50,18 @@ def runs_table(title: str, runs: dict[str, dict[str, Any]], *, unedited: bool = 
     """One row per pooled run (``kedit.runs.pooling.pool_runs`` output, optionally with the
     ``conflict_rate`` / ``update_conflict_rate`` the pooling script adds), after an "unedited" row from
     the first run's pre-edit scores.  Columns that no run has (CounterFact has no portability, a run
-    without diagnostics no conflict rates) are left out."""
+    without diagnostics no conflict rates) are left out.  Runs of the long-answer protocol get the
+    long-answer table instead: BLEU, ROUGE-L recall, similarity and sacreBLEU, each as original /
+    paraphrased question."""
     if not runs:
         raise ValueError("runs_table: no runs to tabulate")
     first = next(iter(runs.values()))
+    for name, run in runs.items():
+        if run["n"] != first["n"]:
+            raise ValueError(f"runs_table: {name} pools {run['n']} requests, {next(iter(runs))} {first['n']}; "
+                             "compare runs over the same records")
+    if first.get("protocol") == "unstructured":
+        return _long_form_table(title, runs, unedited=unedited)
     scores = [(h, k) for h, k in _SCORES if any((r.get("metrics") or {}).get(k) is not None for r in runs.values())]
     extras = [("update conflicts", "update_conflict_rate"), ("raw conflicts", "conflict_rate")]
     extras = [(h, k) for h, k in extras if any(r.get(k) is not None for r in runs.values())]
@@ -62,15 +72,60 @@ def runs_table(title: str, runs: dict[str, dict[str, Any]], *, unedited: bool = 
         lines.append(_row(["unedited"] + [fmt_score(pre.get(k)) for _, k in scores]
                           + [fmt_score((first.get("fluency") or {}).get("pre"))] + [_NONE] * (len(extras) + 1)))
     for name, run in runs.items():
-        if run["n"] != first["n"]:
-            raise ValueError(f"runs_table: {name} pools {run['n']} requests, {next(iter(runs))} {first['n']}; "
-                             "compare runs over the same records")
-        seconds = run.get("seconds_per_edit")
         lines.append(_row([name] + [fmt_score((run.get("metrics") or {}).get(k)) for _, k in scores]
                           + [fmt_score((run.get("fluency") or {}).get("post"))]
-                          + [fmt_score(run.get(k)) for _, k in extras]
-                          + [_NONE if seconds is None else f"{seconds:.1f}"]))
+                          + [fmt_score(run.get(k)) for _, k in extras] + [_seconds(run)]))
     return "\n".join(lines) + "\n"
+
+
+def _seconds(run: dict[str, Any]) -> str:
+    seconds = run.get("seconds_per_edit")
+    return _NONE if seconds is None else f"{seconds:.1f}"
+
+
+def _both(metrics: dict[str, Any] | None, score: str) -> str:
+    """``orig / para`` of a long-answer headline score (ROUGE-L: its recall)."""
+    parts = ((metrics or {}).get(score) or {})
+    values = [parts.get(q) for q in ("original", "paraphrase")]
+    values = [v.get("recall") if isinstance(v, dict) else v for v in values]
+    return " / ".join(fmt_score(v) for v in values)
+
+
+def _long_form_table(title: str, runs: dict[str, dict[str, Any]], *, unedited: bool) -> str:
+    """Long answers: each score for the original / paraphrased question, sub-question ROUGE-L recall
+    where the benchmark has sub-questions, seconds per edit."""
+    first = next(iter(runs.values()))
+    sub = any((r.get("metrics") or {}).get("sub_question_rouge_l") for r in runs.values())
+    header = ([f"{title}, {first['n']} records"] + [f"{h} orig. / para." for h, _ in _LONG_FORM_SCORES]
+              + (["sub-question ROUGE-L r"] if sub else []) + ["s/edit"])
+
+    def cells(metrics):
+        out = [_both(metrics, k) for _, k in _LONG_FORM_SCORES]
+        if sub:
+            out.append(fmt_score(((metrics or {}).get("sub_question_rouge_l") or {}).get("recall")))
+        return out
+
+    lines = [_row(header), _row(["---"] * len(header))]
+    if unedited and first.get("pre_metrics"):
+        lines.append(_row(["unedited"] + cells(first["pre_metrics"]) + [_NONE]))
+    lines += [_row([name] + cells(run.get("metrics")) + [_seconds(run)]) for name, run in runs.items()]
+    return "\n".join(lines) + "\n" + _by_domain_table(title, runs, unedited=unedited)
+
+
+def _by_domain_table(title: str, runs: dict[str, dict[str, Any]], *, unedited: bool) -> str:
+    """EditEverything: character BLEU of the original question per domain (empty without domains)."""
+    domains = list(dict.fromkeys(d for r in runs.values() for d in ((r.get("metrics") or {}).get("by_domain") or {})))
+    if not domains:
+        return ""
+    first = next(iter(runs.values()))
+    rows = ([("unedited", first.get("pre_metrics"))] if unedited and first.get("pre_metrics") else []) + \
+        [(name, run.get("metrics")) for name, run in runs.items()]
+    header = [f"{title}: BLEU (orig.) by domain"] + domains
+    lines = [_row(header), _row(["---"] * len(header))]
+    for name, metrics in rows:
+        by_domain = (metrics or {}).get("by_domain") or {}
+        lines.append(_row([name] + [fmt_score((by_domain.get(d) or {}).get("bleu")) for d in domains]))
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def paired_table(label: str, rows: list[dict[str, Any]]) -> str:
@@ -83,7 +138,7 @@ def paired_table(label: str, rows: list[dict[str, Any]]) -> str:
         if not r["n"]:
             continue
         low, high = r["ci95"]
-        lines.append(_row([_CASE_LABELS.get(r["metric"], r["metric"]),
+        lines.append(_row([CASE_LABELS.get(r["metric"], r["metric"]),
                            f"{fmt_diff(r['mean_diff'])} [{fmt_score(low)}, {fmt_score(high)}]",
                            f"{r['b_higher']} / {r['b_lower']} / {r['equal']}", str(r["n"])]))
     return "\n".join(lines) + "\n"

@@ -13,16 +13,42 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from kedit.errors import DataError
 from kedit.runs import protocols
 from kedit.runs.protocols import _mean
 
-__all__ = ["pool_runs", "paired_scores", "paired_statistics", "paired_comparison", "CASE_METRICS"]
+__all__ = ["pool_runs", "paired_scores", "paired_statistics", "paired_comparison", "case_metrics", "case_score",
+           "mean_interval", "CASE_METRICS", "LONG_FORM_METRICS", "CASE_LABELS"]
 
 # Per-request scalars of the KnowEdit cases that paired comparisons read (None where a request lacks one).
 CASE_METRICS = ("edit_succ", "rephrase", "portability_mean", "locality_mean", "fluency")
+# ... and of long-answer cases: "<score>.<question>", the score read from the case's block for that
+# question (ROUGE-L: its recall, the reference's column; paraphrase: the mean over the rephrases).
+LONG_FORM_METRICS = ("bleu.original", "bleu.paraphrase", "rouge_l.original", "rouge_l.paraphrase",
+                     "similarity.original", "similarity.paraphrase")
+# How tables and figures name them.
+CASE_LABELS = {"edit_succ": "edit succ.", "rephrase": "rephrase", "portability_mean": "portability",
+               "locality_mean": "locality", "fluency": "fluency (bits)",
+               "bleu.original": "BLEU (orig.)", "bleu.paraphrase": "BLEU (para.)",
+               "rouge_l.original": "ROUGE-L r (orig.)", "rouge_l.paraphrase": "ROUGE-L r (para.)",
+               "similarity.original": "similarity (orig.)", "similarity.paraphrase": "similarity (para.)"}
+
+
+def case_metrics(protocol: str | None) -> tuple[str, ...]:
+    """The per-request metrics a paired comparison can read from cases of ``protocol``."""
+    return LONG_FORM_METRICS if protocol == "unstructured" else CASE_METRICS
+
+
+def case_score(case: dict[str, Any], metric: str) -> float | None:
+    """One request's ``metric`` (a name of :func:`case_metrics`), None where the case lacks it (a
+    record without rephrases has no paraphrase block)."""
+    score, dotted, question = metric.partition(".")
+    if not dotted:
+        return case.get(metric)
+    value = (case.get(question) or {}).get(score)
+    return value.get("recall") if isinstance(value, dict) else value
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -90,17 +116,23 @@ def paired_scores(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os
     """``{"pairs": [(request id, A's score, B's score), ...], "n_missing": k}`` over the requests both
     sides score (in A's order); ``n_missing`` counts those where either side has no score.
 
-    Raises ``DataError`` when the two sides do not hold the same request ids, and ``ValueError`` for
-    a metric outside :data:`CASE_METRICS`."""
-    if metric not in CASE_METRICS:
-        raise ValueError(f"paired_comparison: metric must be one of {list(CASE_METRICS)}, got {metric!r}")
-    a, b = ({case["id"]: case for case in _slices(dirs)["post"]} for dirs in (run_dirs_a, run_dirs_b))
+    Raises ``DataError`` when the two sides do not hold the same request ids or were scored under
+    different protocols, and ``ValueError`` for a metric outside the protocol's :func:`case_metrics`."""
+    side_a, side_b = _slices(run_dirs_a), _slices(run_dirs_b)
+    if side_a["protocol"] != side_b["protocol"]:
+        raise DataError(f"paired_comparison: {side_a['method']} was scored under {side_a['protocol']!r}, "
+                        f"{side_b['method']} under {side_b['protocol']!r}; compare runs of one benchmark")
+    allowed = case_metrics(side_a["protocol"])
+    if metric not in allowed:
+        raise ValueError(f"paired_comparison: metric must be one of {list(allowed)} for "
+                         f"{side_a['protocol']!r} runs, got {metric!r}")
+    a, b = ({case["id"]: case for case in side["post"]} for side in (side_a, side_b))
     if set(a) != set(b):
         only = sorted(map(str, set(a) ^ set(b)))[:5]
         raise DataError(f"paired_comparison: the two sides edit different requests (e.g. {only}); "
                         "pass the same slices of both methods")
-    pairs = [(i, a[i][metric], b[i][metric]) for i in a
-             if a[i].get(metric) is not None and b[i].get(metric) is not None]
+    scored = ((i, case_score(a[i], metric), case_score(b[i], metric)) for i in a)
+    pairs = [(i, x, y) for i, x, y in scored if x is not None and y is not None]
     return {"pairs": pairs, "n_missing": len(a) - len(pairs)}
 
 
@@ -115,10 +147,23 @@ def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str 
     percentile bootstrap of the mean difference).  Requests where either score is None (no
     portability block, say) are left out and counted in ``n_missing``.
 
-    Raises ``DataError`` when the two sides do not hold the same request ids, and ``ValueError`` for
-    a metric outside :data:`CASE_METRICS`.
+    Raises what :func:`paired_scores` raises.
     """
     return paired_statistics(paired_scores(run_dirs_a, run_dirs_b, metric), metric, resamples=resamples, seed=seed)
+
+
+def mean_interval(values: Sequence[float], *, resamples: int = 10_000, seed: int = 0) -> list[float]:
+    """95 % percentile-bootstrap interval of the mean of ``values`` over resampled requests (scipy);
+    ``[v, v]`` when every value is ``v`` (no spread to resample)."""
+    if not values:
+        raise ValueError("mean_interval: no values")
+    if len(set(values)) == 1:
+        return [values[0], values[0]]
+    from scipy.stats import bootstrap
+
+    res = bootstrap((list(values),), lambda d, axis=-1: d.mean(axis=axis), n_resamples=resamples,
+                    confidence_level=0.95, method="percentile", random_state=seed)
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
 def paired_statistics(scores: dict[str, Any], metric: str, *, resamples: int = 10_000,
@@ -131,14 +176,7 @@ def paired_statistics(scores: dict[str, Any], metric: str, *, resamples: int = 1
         return {**out, "mean_a": None, "mean_b": None, "mean_diff": None, "ci95": None,
                 "b_higher": 0, "b_lower": 0, "equal": 0}
     diffs = [y - x for x, y in pairs]
-    if len(set(diffs)) > 1:
-        from scipy.stats import bootstrap
-
-        res = bootstrap((diffs,), lambda d, axis=-1: d.mean(axis=axis), n_resamples=resamples,
-                        confidence_level=0.95, method="percentile", random_state=seed)
-        ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-    else:
-        ci = [diffs[0], diffs[0]]  # every request moved by the same amount: no spread to resample
+    ci = mean_interval(diffs, resamples=resamples, seed=seed)
     tol = 1e-12
     return {**out, "mean_a": sum(x for x, _ in pairs) / len(pairs), "mean_b": sum(y for _, y in pairs) / len(pairs),
             "mean_diff": math.fsum(diffs) / len(diffs), "ci95": ci,

@@ -1,0 +1,133 @@
+"""Edit efficacy against answer length with content held fixed (μKE's claim of stability across
+target lengths): the same long answers cut at several lengths, each cut edited independently.
+
+    python bench/length_sweep.py --lengths 32 64 128 256 --per-domain 2 --methods anyedit muke \\
+        --pair anyedit,muke --threads 1 --out bench/results/length_sweep
+
+Binning a benchmark's answers by their own length (``bench/long_form.py``'s figure) confounds length
+with topic; here every length edits the same records, so a curve that falls is the editor, not the
+records.  Records are EditEverything's (or UnKEBench's) with at least max(--lengths) answer tokens.
+Each cut is a ``kedit bench``-style run directory ``<out>/len<L>/<dataset>-<method>``, resumable with
+``--resume`` and poolable with ``kedit pool``.  Writes ``length_sweep.json`` (per method and length:
+mean and 95 % interval of each score; per pair and length: the paired difference) and
+``<score>_by_length.png`` for BLEU, ROUGE-L recall and similarity of the original question.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import kedit
+from kedit.data.unstructured import load_editeverything, load_unkebench
+from kedit.paths import data_dir
+from kedit.runs.length_plots import UNEDITED, length_series, plot_score_by_length
+from kedit.runs.pooling import case_score, paired_comparison, pool_runs
+from kedit.runs.run_dir import shared_pre_edit
+from kedit.runs.runner import run_bench
+from long_form import METHODS, _per_domain, _truncate, load_overrides
+
+SCORES = {"bleu.original": "character BLEU, original question",
+          "rouge_l.original": "ROUGE-L recall, original question",
+          "similarity.original": "MiniLM similarity, original question"}
+
+
+def long_enough(requests, tok, n_tokens: int):
+    """The requests whose answer has at least ``n_tokens`` tokens (every cut then has its full length)."""
+    return [r for r in requests if len(tok(r.target_new, add_special_tokens=False)["input_ids"]) >= n_tokens]
+
+
+def select(dataset: str, tok, longest: int, *, per_domain: int, n: int):
+    if dataset == "editeverything":
+        path = data_dir() / "editeverything" / "editevery.json"
+        return path, _per_domain(long_enough(load_editeverything(path), tok, longest), per_domain)
+    path = data_dir() / "unke" / "final_data_v2.json"
+    return path, long_enough(load_unkebench(path), tok, longest)[:n]
+
+
+def _points(run_dir: Path, metric: str, length: int, phase: str = "post") -> list[tuple[int, float]]:
+    cases = json.loads((run_dir / "metrics.json").read_text())["cases"][phase]
+    return [(length, s) for s in (case_score(c, metric) for c in cases) if s is not None]
+
+
+def summarise(out: Path, dataset: str, lengths, methods, pairs) -> dict:
+    """Per-length series of each score for every method (and the unedited model), paired differences."""
+    runs = {m: {L: out / f"len{L}" / f"{dataset}-{m}" for L in lengths} for m in methods}
+    done = {m: [L for L, d in by_len.items() if (d / "summary.json").exists()] for m, by_len in runs.items()}
+    result: dict = {"dataset": dataset, "lengths": list(lengths), "series": {}, "paired": {}, "seconds_per_edit": {}}
+    for metric in SCORES:
+        series = {}
+        first = next((m for m in methods if done[m]), None)
+        if first is not None:
+            series[UNEDITED] = length_series([p for L in done[first]
+                                                for p in _points(runs[first][L], metric, L, "pre")])
+        for m in methods:
+            series[m] = length_series([p for L in done[m] for p in _points(runs[m][L], metric, L)])
+        result["series"][metric] = series
+    for m in methods:
+        result["seconds_per_edit"][m] = {L: pool_runs([runs[m][L]])["seconds_per_edit"] for L in done[m]}
+    for a, b in pairs:
+        both = [L for L in done[a] if L in done[b]]
+        result["paired"][f"{b} vs {a}"] = {
+            metric: {L: paired_comparison([runs[a][L]], [runs[b][L]], metric) for L in both} for metric in SCORES}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256], help="Answer cuts (tokens).")
+    ap.add_argument("--dataset", choices=("editeverything", "unkebench"), default="editeverything")
+    ap.add_argument("--per-domain", type=int, default=2, help="EditEverything records per domain (long enough).")
+    ap.add_argument("--n", type=int, default=10, help="UnKEBench records (long enough, file order).")
+    ap.add_argument("--methods", nargs="+", default=["anyedit", "muke"], choices=METHODS)
+    ap.add_argument("--pair", action="append", default=[], metavar="A,B",
+                    help="Paired difference B − A at each length (repeatable).")
+    ap.add_argument("--configs", default=str(Path(__file__).parent / "configs" / "smollm2"),
+                    help="Folder of <method>.yaml overrides ('' = class defaults).")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
+    ap.add_argument("--out", default="bench/results/length_sweep")
+    ap.add_argument("--resume", action="store_true", help="Continue killed runs: finished requests are read back.")
+    args = ap.parse_args()
+    pairs = [tuple(p.split(",")) for p in args.pair]
+    bad = [p for p in pairs if len(p) != 2 or not set(p) <= set(args.methods)]
+    if bad:
+        ap.error(f"--pair takes A,B with both in --methods (got {bad})")
+    lengths = sorted(set(args.lengths))
+    if lengths[0] < 1:
+        ap.error("--lengths must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    overrides = load_overrides(args.configs, args.methods)
+    model, tok = kedit.load_model()
+    path, chosen = select(args.dataset, tok, lengths[-1], per_domain=args.per_domain, n=args.n)
+    if not chosen:
+        raise SystemExit(f"no {args.dataset} record has {lengths[-1]} answer tokens")
+    print(f"{len(chosen)} records with >= {lengths[-1]} answer tokens: {[r.id for r in chosen]}", flush=True)
+    for length in lengths:
+        requests = _truncate(chosen, tok, length)
+        folder = out / f"len{length}"
+        for method in args.methods:
+            start = time.perf_counter()
+            summary = run_bench(model, tok, method=method, requests=requests, dataset=args.dataset, batch_size=1,
+                                mode="independent", out_dir=folder / f"{args.dataset}-{method}",
+                                config=overrides.get(method), data_path=path, progress=True, save_edits=False,
+                                keep_pre_edit=True, resume=args.resume,
+                                pre_edit_from=shared_pre_edit(folder, [f"{args.dataset}-{m}" for m in args.methods]))
+            m = summary["metrics"]
+            print(f"len {length:4d} {method:13s} BLEU {m['bleu']['original']:.3f} "
+                  f"ROUGE-L r {m['rouge_l']['original']['recall']:.3f} sim {m['similarity']['original']:.3f} "
+                  f"s/edit {summary['timing']['seconds_per_edit']:.1f} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+            result = summarise(out, args.dataset, lengths, args.methods, pairs)
+            (out / "length_sweep.json").write_text(json.dumps(result, indent=1))
+            for metric, label in SCORES.items():
+                plot_score_by_length(result["series"][metric], out / f"{metric.split('.')[0]}_by_length.png",
+                                     ylabel=label, xlabel="answer cut (tokens; same records at every cut)", log2_x=True)
+
+
+if __name__ == "__main__":
+    main()
