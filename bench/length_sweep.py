@@ -41,9 +41,11 @@ def long_enough(requests, tok, n_tokens: int):
 
 
 def select(dataset: str, tok, longest: int, *, per_domain: int, n: int):
+    """``per_domain`` long-enough records of each EditEverything domain (at most ``n`` in all), or the
+    first ``n`` long-enough UnKEBench records."""
     if dataset == "editeverything":
         path = data_dir() / "editeverything" / "editevery.json"
-        return path, _per_domain(long_enough(load_editeverything(path), tok, longest), per_domain)
+        return path, _per_domain(long_enough(load_editeverything(path), tok, longest), per_domain)[:n]
     path = data_dir() / "unke" / "final_data_v2.json"
     return path, long_enough(load_unkebench(path), tok, longest)[:n]
 
@@ -81,7 +83,7 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256], help="Answer cuts (tokens).")
     ap.add_argument("--dataset", choices=("editeverything", "unkebench"), default="editeverything")
     ap.add_argument("--per-domain", type=int, default=2, help="EditEverything records per domain (long enough).")
-    ap.add_argument("--n", type=int, default=10, help="UnKEBench records (long enough, file order).")
+    ap.add_argument("--n", type=int, default=10, help="Records at most (UnKEBench: long enough, in file order).")
     ap.add_argument("--methods", nargs="+", default=["anyedit", "muke"], choices=METHODS)
     ap.add_argument("--pair", action="append", default=[], metavar="A,B",
                     help="Paired difference B − A at each length (repeatable).")
