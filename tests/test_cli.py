@@ -143,6 +143,7 @@ def test_bench_manifest(runs, env):
     assert manifest["seed"] == 0
     assert manifest["model"]["weights_fingerprint"] == env["fingerprint"]
     assert manifest["versions"]["torch"] and manifest["versions"]["transformers"] and manifest["kedit_version"]
+    assert manifest["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability() and manifest["cpu"]["model"]
     assert manifest["args"]["mode"] == "independent" and manifest["args"]["batch_size"] == 2
 
 

@@ -546,6 +546,18 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
+def _cpu() -> dict[str, str]:
+    """The processor and the kernel set torch dispatches to on it: long-answer edits can sit on an edge
+    where AVX2 and AVX-512 kernels' rounding flips the greedy answer, so a result names its CPU."""
+    name = platform.processor()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")) or name
+    except (OSError, StopIteration):
+        pass
+    return {"model": name, "torch_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def _manifest(editor, model, seed, data_path, dataset, mode, batch_size, requests, run_args) -> dict[str, Any]:
     import kedit
 
@@ -560,6 +572,7 @@ def _manifest(editor, model, seed, data_path, dataset, mode, batch_size, request
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "platform": platform.platform(),
+        "cpu": _cpu(),
         "torch_threads": torch.get_num_threads(),
         "device": str(next(model.parameters()).device),
         "seed": seed,
