@@ -19,7 +19,7 @@ from kedit.runs.nash_plots import (conflict_rate, load_diagnostics, merge_diagno
                                    update_conflict_rate)
 from kedit.runs.paired_plots import plot_paired_scores
 from kedit.runs.pooled_tables import paired_table, runs_table
-from kedit.runs.pooling import case_metrics, paired_scores, paired_statistics, pool_runs
+from kedit.runs.pooling import paired_scores_by_metric, paired_statistics, pool_runs
 
 __all__ = ["pool_report"]
 
@@ -66,8 +66,7 @@ def pool_report(slices: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
             row["update_conflict_rate"] = update_conflict_rate(diagnostics)
             journals[name] = [run_dir / "journal.jsonl" for run_dir in run_dirs]
         table[name] = row
-    scores = {(a, b): {m: paired_scores(dirs[a], dirs[b], m) for m in case_metrics(table[a]["protocol"])}
-              for a, b in pairs}
+    scores = {(a, b): paired_scores_by_metric(dirs[a], dirs[b]) for a, b in pairs}
     paired = {f"{b} vs {a}": [paired_statistics(s, m) for m, s in by_metric.items()]
               for (a, b), by_metric in scores.items()}
     out = Path(out)

@@ -19,8 +19,8 @@ from kedit.errors import DataError
 from kedit.runs import protocols
 from kedit.runs.protocols import _mean
 
-__all__ = ["pool_runs", "paired_scores", "paired_statistics", "paired_comparison", "case_metrics", "case_score",
-           "mean_interval", "CASE_METRICS", "LONG_FORM_METRICS", "CASE_LABELS"]
+__all__ = ["pool_runs", "paired_scores", "paired_scores_by_metric", "paired_statistics", "paired_comparison",
+           "case_metrics", "case_score", "mean_interval", "CASE_METRICS", "LONG_FORM_METRICS", "CASE_LABELS"]
 
 # Per-request scalars of the KnowEdit cases that paired comparisons read (None where a request lacks one).
 CASE_METRICS = ("edit_succ", "rephrase", "portability_mean", "locality_mean", "fluency")
@@ -118,22 +118,32 @@ def paired_scores(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os
 
     Raises ``DataError`` when the two sides do not hold the same request ids or were scored under
     different protocols, and ``ValueError`` for a metric outside the protocol's :func:`case_metrics`."""
+    return paired_scores_by_metric(run_dirs_a, run_dirs_b, [metric])[metric]
+
+
+def paired_scores_by_metric(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os.PathLike],
+                            metrics: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`paired_scores` of each of ``metrics`` (default: all of the protocol's), both sides read once."""
     side_a, side_b = _slices(run_dirs_a), _slices(run_dirs_b)
     if side_a["protocol"] != side_b["protocol"]:
         raise DataError(f"paired_comparison: {side_a['method']} was scored under {side_a['protocol']!r}, "
                         f"{side_b['method']} under {side_b['protocol']!r}; compare runs of one benchmark")
     allowed = case_metrics(side_a["protocol"])
-    if metric not in allowed:
+    unknown = [m for m in metrics or () if m not in allowed]
+    if unknown:
         raise ValueError(f"paired_comparison: metric must be one of {list(allowed)} for "
-                         f"{side_a['protocol']!r} runs, got {metric!r}")
+                         f"{side_a['protocol']!r} runs, got {unknown[0]!r}")
     a, b = ({case["id"]: case for case in side["post"]} for side in (side_a, side_b))
     if set(a) != set(b):
         only = sorted(map(str, set(a) ^ set(b)))[:5]
         raise DataError(f"paired_comparison: the two sides edit different requests (e.g. {only}); "
                         "pass the same slices of both methods")
-    scored = ((i, case_score(a[i], metric), case_score(b[i], metric)) for i in a)
-    pairs = [(i, x, y) for i, x, y in scored if x is not None and y is not None]
-    return {"pairs": pairs, "n_missing": len(a) - len(pairs)}
+    out = {}
+    for metric in metrics or allowed:
+        scored = ((i, case_score(a[i], metric), case_score(b[i], metric)) for i in a)
+        pairs = [(i, x, y) for i, x, y in scored if x is not None and y is not None]
+        out[metric] = {"pairs": pairs, "n_missing": len(a) - len(pairs)}
+    return out
 
 
 def paired_comparison(run_dirs_a: list[str | os.PathLike], run_dirs_b: list[str | os.PathLike], metric: str, *,
