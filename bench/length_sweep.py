@@ -40,14 +40,16 @@ def long_enough(requests, tok, n_tokens: int):
     return [r for r in requests if len(tok(r.target_new, add_special_tokens=False)["input_ids"]) >= n_tokens]
 
 
-def select(dataset: str, tok, longest: int, *, per_domain: int, n: int):
-    """``per_domain`` long-enough records of each EditEverything domain (at most ``n`` in all), or the
-    first ``n`` long-enough UnKEBench records."""
+def select(dataset: str, tok, longest: int, *, per_domain: int, start: int, n: int):
+    """Records ``start .. start+n`` of: ``per_domain`` long-enough records of each EditEverything
+    domain, or the long-enough UnKEBench records (file order)."""
     if dataset == "editeverything":
         path = data_dir() / "editeverything" / "editevery.json"
-        return path, _per_domain(long_enough(load_editeverything(path), tok, longest), per_domain)[:n]
-    path = data_dir() / "unke" / "final_data_v2.json"
-    return path, long_enough(load_unkebench(path), tok, longest)[:n]
+        chosen = _per_domain(long_enough(load_editeverything(path), tok, longest), per_domain)
+    else:
+        path = data_dir() / "unke" / "final_data_v2.json"
+        chosen = long_enough(load_unkebench(path), tok, longest)
+    return path, chosen[start:start + n]
 
 
 def _points(run_dir: Path, metric: str, length: int, phase: str = "post") -> list[tuple[int, float]]:
@@ -84,6 +86,8 @@ def main() -> None:
     ap.add_argument("--dataset", choices=("editeverything", "unkebench"), default="editeverything")
     ap.add_argument("--per-domain", type=int, default=2, help="EditEverything records per domain (long enough).")
     ap.add_argument("--n", type=int, default=10, help="Records at most (UnKEBench: long enough, in file order).")
+    ap.add_argument("--start", type=int, default=0,
+                    help="Skip this many of the chosen records (another --out extends a sweep: slices pool).")
     ap.add_argument("--methods", nargs="+", default=["anyedit", "muke"], choices=METHODS)
     ap.add_argument("--pair", action="append", default=[], metavar="A,B",
                     help="Paired difference B − A at each length (repeatable).")
@@ -105,7 +109,7 @@ def main() -> None:
     out = Path(args.out)
     overrides = load_overrides(args.configs, args.methods)
     model, tok = kedit.load_model()
-    path, chosen = select(args.dataset, tok, lengths[-1], per_domain=args.per_domain, n=args.n)
+    path, chosen = select(args.dataset, tok, lengths[-1], per_domain=args.per_domain, start=args.start, n=args.n)
     if not chosen:
         raise SystemExit(f"no {args.dataset} record has {lengths[-1]} answer tokens")
     print(f"{len(chosen)} records with >= {lengths[-1]} answer tokens: {[r.id for r in chosen]}", flush=True)
