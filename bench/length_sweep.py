@@ -52,32 +52,56 @@ def select(dataset: str, tok, longest: int, *, per_domain: int, start: int, n: i
     return path, chosen[start:start + n]
 
 
-def _points(run_dir: Path, metric: str, length: int, phase: str = "post") -> list[tuple[int, float]]:
-    cases = json.loads((run_dir / "metrics.json").read_text())["cases"][phase]
+def _points(run_dirs: list[Path], metric: str, length: int, phase: str = "post") -> list[tuple[int, float]]:
+    cases = [c for d in run_dirs for c in json.loads((d / "metrics.json").read_text())["cases"][phase]]
     return [(length, s) for s in (case_score(c, metric) for c in cases) if s is not None]
 
 
-def summarise(out: Path, dataset: str, lengths, methods, pairs) -> dict:
-    """Per-length series of each score for every method (and the unedited model), paired differences."""
-    runs = {m: {L: out / f"len{L}" / f"{dataset}-{m}" for L in lengths} for m in methods}
-    done = {m: [L for L, d in by_len.items() if (d / "summary.json").exists()] for m, by_len in runs.items()}
-    result: dict = {"dataset": dataset, "lengths": list(lengths), "series": {}, "paired": {}, "seconds_per_edit": {}}
+def summarise(folders: list[Path], dataset: str, lengths, methods, pairs) -> dict:
+    """Per-length series of each score for every method (and the unedited model), paired differences,
+    over the finished runs of every sweep folder (disjoint records: ``--start``); each point's ``n``
+    says how many requests it holds."""
+    def finished(method, length):
+        dirs = [f / f"len{length}" / f"{dataset}-{method}" for f in folders]
+        return [d for d in dirs if (d / "summary.json").exists()]
+
+    runs = {m: {L: finished(m, L) for L in lengths} for m in methods}
+    result: dict = {"dataset": dataset, "lengths": list(lengths), "folders": [str(f) for f in folders],
+                    "series": {}, "paired": {}, "seconds_per_edit": {}}
     for metric in SCORES:
-        series = {}
-        first = next((m for m in methods if done[m]), None)
-        if first is not None:
-            series[UNEDITED] = length_series([p for L in done[first]
-                                                for p in _points(runs[first][L], metric, L, "pre")])
+        unedited = [p for L in lengths for p in _points(_first_per_folder(runs, methods, L), metric, L, "pre")]
+        series = {UNEDITED: length_series(unedited)} if unedited else {}
         for m in methods:
-            series[m] = length_series([p for L in done[m] for p in _points(runs[m][L], metric, L)])
+            series[m] = length_series([p for L in lengths for p in _points(runs[m][L], metric, L)])
         result["series"][metric] = series
     for m in methods:
-        result["seconds_per_edit"][m] = {L: pool_runs([runs[m][L]])["seconds_per_edit"] for L in done[m]}
+        result["seconds_per_edit"][m] = {L: pool_runs(d)["seconds_per_edit"] for L, d in runs[m].items() if d}
     for a, b in pairs:
-        both = [L for L in done[a] if L in done[b]]
+        both = {L: [(x, y) for x in runs[a][L] for y in runs[b][L] if x.parents[1] == y.parents[1]] for L in lengths}
         result["paired"][f"{b} vs {a}"] = {
-            metric: {L: paired_comparison([runs[a][L]], [runs[b][L]], metric) for L in both} for metric in SCORES}
+            metric: {L: paired_comparison([x for x, _ in d], [y for _, y in d], metric) for L, d in both.items() if d}
+            for metric in SCORES}
     return result
+
+
+def report(out: Path, folders: list[Path], dataset: str, lengths, methods, pairs) -> dict:
+    """:func:`summarise` written to ``out/length_sweep.json``, and a figure per score."""
+    result = summarise(folders, dataset, lengths, methods, pairs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "length_sweep.json").write_text(json.dumps(result, indent=1))
+    for metric, label in SCORES.items():
+        plot_score_by_length(result["series"][metric], out / f"{metric.split('.')[0]}_by_length.png",
+                             ylabel=label, xlabel="answer cut (tokens; same records at every cut)", log2_x=True)
+    return result
+
+
+def _first_per_folder(runs, methods, length) -> list[Path]:
+    """One finished run per folder at ``length`` (the first method's): its pre-edit cases are the folder's."""
+    chosen: dict[Path, Path] = {}
+    for m in methods:
+        for d in runs[m][length]:
+            chosen.setdefault(d.parents[1], d)
+    return list(chosen.values())
 
 
 def main() -> None:
@@ -96,6 +120,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
     ap.add_argument("--out", default="bench/results/length_sweep")
     ap.add_argument("--resume", action="store_true", help="Continue killed runs: finished requests are read back.")
+    ap.add_argument("--pool", nargs="*", default=[], metavar="DIR",
+                    help="Other sweep folders (other --start) whose finished runs join the summary and figures.")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="Edit nothing: write the summary and figures of the finished runs (with --pool) to --out.")
     args = ap.parse_args()
     pairs = [tuple(p.split(",")) for p in args.pair]
     bad = [p for p in pairs if len(p) != 2 or not set(p) <= set(args.methods)]
@@ -104,9 +132,12 @@ def main() -> None:
     lengths = sorted(set(args.lengths))
     if lengths[0] < 1:
         ap.error("--lengths must be positive")
+    out = Path(args.out)
+    if args.summary_only:
+        report(out, [out, *map(Path, args.pool)], args.dataset, lengths, args.methods, pairs)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     overrides = load_overrides(args.configs, args.methods)
     model, tok = kedit.load_model()
     path, chosen = select(args.dataset, tok, lengths[-1], per_domain=args.per_domain, start=args.start, n=args.n)
@@ -128,11 +159,7 @@ def main() -> None:
                   f"ROUGE-L r {m['rouge_l']['original']['recall']:.3f} sim {m['similarity']['original']:.3f} "
                   f"s/edit {summary['timing']['seconds_per_edit']:.1f} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
-            result = summarise(out, args.dataset, lengths, args.methods, pairs)
-            (out / "length_sweep.json").write_text(json.dumps(result, indent=1))
-            for metric, label in SCORES.items():
-                plot_score_by_length(result["series"][metric], out / f"{metric.split('.')[0]}_by_length.png",
-                                     ylabel=label, xlabel="answer cut (tokens; same records at every cut)", log2_x=True)
+            report(out, [out, *map(Path, args.pool)], args.dataset, lengths, args.methods, pairs)
 
 
 if __name__ == "__main__":
