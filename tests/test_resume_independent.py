@@ -101,3 +101,23 @@ def test_independent_resume_refuses_another_runs_folder(tmp_path, setup, change)
     with pytest.raises(LedgerError, match="belongs to a different run"):
         run_bench(model, tok, out_dir=tmp_path / "run", resume=True, **other)
     assert (tmp_path / "run" / "journal.jsonl").read_text() == before  # nothing lost
+
+
+def test_resume_on_another_cpu_warns_and_keeps_the_finished_requests(tmp_path, monkeypatch, setup, caplog):
+    """Long-answer edits can sit on an edge where another CPU's kernels round the greedy answer the
+    other way; a resume there still reads the finished requests back, and says what it mixes."""
+    model, tok, kwargs = setup
+    run_bench(model, tok, out_dir=tmp_path / "run", **kwargs)
+    manifest_path = tmp_path / "run" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["cpu"] = {"model": "Other CPU", "torch_capability": "AVX2"}
+    manifest_path.write_text(json.dumps(manifest))
+    seen = _edited_batches(monkeypatch)
+    with caplog.at_level("WARNING", logger="kedit.runs.checkpoint"):
+        run_bench(model, tok, out_dir=tmp_path / "run", resume=True, **kwargs)
+    assert seen == []
+    assert "edited on {'model': 'Other CPU', 'torch_capability': 'AVX2'}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kedit.runs.checkpoint"):
+        run_bench(model, tok, out_dir=tmp_path / "run", resume=True, **kwargs)  # the manifest now names this CPU
+    assert "edited on" not in caplog.text

@@ -10,6 +10,7 @@ leaves either the old or the new checkpoint, never half of one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kedit.errors import LedgerError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["save_checkpoint", "load_checkpoint", "finished_batches", "CHECKPOINT_DIR"]
 
@@ -119,6 +122,10 @@ def finished_batches(out_dir: str | os.PathLike, manifest: dict[str, Any],
     if details:
         raise LedgerError(f"{out}: the run directory belongs to a different run ({details[:500]}); "
                           "use another output folder or remove it")
+    if old.get("cpu") and manifest.get("cpu") and old["cpu"] != manifest["cpu"]:
+        # not refused: each request's edit is still one CPU's, as when slices of one benchmark run on two machines
+        log.warning("%s: its finished requests were edited on %s, the rest will be on %s; an edit on an edge can "
+                    "round differently on another CPU", out, old["cpu"], manifest["cpu"])
     done: list[dict[str, Any]] = []
     lines = journal.read_text(encoding="utf-8").splitlines() if journal.is_file() else []
     for line in lines:
