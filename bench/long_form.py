@@ -67,9 +67,42 @@ def plot_length(cases_by_method: dict[str, list[tuple[int, float]]], path: Path)
     return plot_score_by_length(series, path, xlabel="answer length (tokens, bins of 20)")
 
 
+def siblings(out: Path, dataset: str, methods) -> list[str]:
+    """Run folders of ``dataset`` in ``out``: this call's methods first, then any earlier call's, so a
+    method added later reads the unedited scores back instead of generating them again."""
+    mine = [f"{dataset}-{m}" for m in methods]
+    return mine + sorted(p.name for p in out.glob(f"{dataset}-*") if p.is_dir() and p.name not in mine)
+
+
+def earlier_runs(path: Path, slice_: dict) -> dict[str, dict]:
+    """The runs of an earlier ``table.json`` of the same slice, so a later call with other
+    ``--methods`` adds rows instead of replacing the table (another slice starts a new table)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(k) != v for k, v in slice_.items()):
+        return {}
+    return dict(earlier.get("runs", {}))
+
+
+def bleu_by_length(out: Path, datasets: dict, table: dict, tok) -> dict[str, list[tuple[int, float]]]:
+    """(answer tokens, original-question BLEU) per edited request, per method in ``table``."""
+    lengths: dict[str, list[tuple[int, float]]] = {}
+    for key in table:
+        name, method = key.split(":", 1)
+        metrics = out / f"{name}-{method}" / "metrics.json"
+        if name not in datasets or not metrics.is_file():
+            continue
+        by_id = {r.id: r for r in datasets[name][1]}
+        lengths.setdefault(method, []).extend(
+            (len(tok(by_id[c["id"]].target_new, add_special_tokens=False)["input_ids"]), c["original"]["bleu"])
+            for c in json.loads(metrics.read_text())["cases"]["post"] if c["id"] in by_id)
+    return lengths
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100, help="UnKEBench records (from --start).")
+    ap.add_argument("--n", type=int, default=100, help="UnKEBench records (from --start; 0 = skip).")
     ap.add_argument("--start", type=int, default=0, help="First UnKEBench record.")
     ap.add_argument("--per-domain", type=int, default=5, help="EditEverything records per domain (0 = skip).")
     ap.add_argument("--domain-start", type=int, default=0,
@@ -83,22 +116,25 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="Continue killed runs in --out: finished requests are read back, not edited again.")
     args = ap.parse_args()
+    if not args.n and not args.per_domain:
+        ap.error("nothing to edit: --n and --per-domain are both 0")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = load_overrides(args.configs, args.methods)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = kedit.load_model()
-    datasets = {"unkebench": (data_dir() / "unke" / "final_data_v2.json",
-                              _truncate(load_unkebench(data_dir() / "unke" / "final_data_v2.json", n=args.n,
-                                                             start=args.start), tok,
-                                        args.max_answer_tokens))}
+    datasets = {}
+    if args.n:
+        path = data_dir() / "unke" / "final_data_v2.json"
+        datasets["unkebench"] = (path, _truncate(load_unkebench(path, n=args.n, start=args.start), tok,
+                                                 args.max_answer_tokens))
     if args.per_domain:
         path = data_dir() / "editeverything" / "editevery.json"
         chosen = _per_domain(load_editeverything(path), args.per_domain, skip=args.domain_start)
         datasets["editeverything"] = (path, _truncate(chosen, tok, args.max_answer_tokens))
-    table: dict[str, dict] = {}
-    lengths: dict[str, list[tuple[int, float]]] = {}
+    slice_ = {"max_answer_tokens": args.max_answer_tokens, "start": args.start, "domain_start": args.domain_start}
+    table = earlier_runs(out / "table.json", slice_)
     for name, (path, requests) in datasets.items():
         for method in args.methods:
             start = time.perf_counter()
@@ -106,23 +142,16 @@ def main() -> None:
             summary = run_bench(model, tok, method=method, requests=requests, dataset=name, batch_size=1,
                                 mode="independent", out_dir=run_dir, config=overrides.get(method), data_path=path,
                                 progress=True, save_edits=False, keep_pre_edit=True, resume=args.resume,
-                                pre_edit_from=shared_pre_edit(out, [f"{name}-{m}" for m in args.methods]))
+                                pre_edit_from=shared_pre_edit(out, siblings(out, name, args.methods)))
             table[f"{name}:{method}"] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                                          "timing": summary["timing"], "wall_seconds": time.perf_counter() - start,
                                          "n": len(requests)}
-            cases = json.loads((run_dir / "metrics.json").read_text())["cases"]["post"]
-            by_id = {r.id: r for r in requests}
-            lengths.setdefault(method, []).extend(
-                (len(tok(by_id[c["id"]].target_new, add_special_tokens=False)["input_ids"]), c["original"]["bleu"])
-                for c in cases)
-            (out / "table.json").write_text(json.dumps({"max_answer_tokens": args.max_answer_tokens, "start": args.start,
-                                                        "domain_start": args.domain_start, "runs": table},
-                                                       indent=1))
+            (out / "table.json").write_text(json.dumps({**slice_, "runs": table}, indent=1))
             m = summary["metrics"]
             print(f"{name:15s} {method:13s} BLEU {m['bleu']['original']:.3f}/{m['bleu']['paraphrase'] or 0:.3f} "
                   f"ROUGE-L r {m['rouge_l']['original']['recall']:.3f} sim {m['similarity']['original']:.3f} "
                   f"s/edit {summary['timing']['seconds_per_edit']:.1f}", flush=True)
-    plot_length(lengths, out / "bleu_vs_length.png")
+    plot_length(bleu_by_length(out, datasets, table, tok), out / "bleu_vs_length.png")
 
 
 if __name__ == "__main__":
