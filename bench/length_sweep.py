@@ -40,12 +40,12 @@ def long_enough(requests, tok, n_tokens: int):
     return [r for r in requests if len(tok(r.target_new, add_special_tokens=False)["input_ids"]) >= n_tokens]
 
 
-def select(dataset: str, tok, longest: int, *, per_domain: int, start: int, n: int):
+def select(dataset: str, tok, longest: int, *, per_domain: int, start: int, n: int, domain_start: int = 0):
     """Records ``start .. start+n`` of: ``per_domain`` long-enough records of each EditEverything
-    domain, or the long-enough UnKEBench records (file order)."""
+    domain after its first ``domain_start``, or the long-enough UnKEBench records (file order)."""
     if dataset == "editeverything":
         path = data_dir() / "editeverything" / "editevery.json"
-        chosen = _per_domain(long_enough(load_editeverything(path), tok, longest), per_domain)
+        chosen = _per_domain(long_enough(load_editeverything(path), tok, longest), per_domain, skip=domain_start)
     else:
         path = data_dir() / "unke" / "final_data_v2.json"
         chosen = long_enough(load_unkebench(path), tok, longest)
@@ -92,7 +92,32 @@ def report(out: Path, folders: list[Path], dataset: str, lengths, methods, pairs
     for metric, label in SCORES.items():
         plot_score_by_length(result["series"][metric], out / f"{metric.split('.')[0]}_by_length.png",
                              ylabel=label, xlabel="answer cut (tokens; same records at every cut)", log2_x=True)
+    text = "\n\n".join(sweep_table(result, metric) for metric in SCORES)
+    (out / "length_sweep.md").write_text(text + "\n")
+    print(text, flush=True)
     return result
+
+
+def sweep_table(result: dict, metric: str) -> str:
+    """One score as a Markdown table: a row per method (mean over the requests at each cut), a row per
+    pair (paired mean difference, requests higher / lower), and seconds per edit."""
+    lengths = result["lengths"]
+    rows = [f"| {SCORES[metric]} | " + " | ".join(str(L) for L in lengths) + " |",
+            "|---|" + "---|" * len(lengths)]
+    for method, points in result["series"][metric].items():
+        at = {p["length"]: p for p in points}
+        rows.append(f"| {method} | " + " | ".join(
+            f"{at[L]['mean']:.3f} (n={at[L]['n']})" if L in at else "–" for L in lengths) + " |")
+    for pair, by_metric in result["paired"].items():
+        at = {int(L): d for L, d in by_metric.get(metric, {}).items()}
+        rows.append(f"| {pair.replace(' vs ', ' − ')} [95 % interval] (higher / lower) | " + " | ".join(
+            f"{at[L]['mean_diff']:+.3f} [{at[L]['ci95'][0]:+.3f}, {at[L]['ci95'][1]:+.3f}] "
+            f"({at[L]['b_higher']} / {at[L]['b_lower']})" if L in at else "–" for L in lengths) + " |")
+    for method, by_length in result["seconds_per_edit"].items():
+        at = {int(L): v for L, v in by_length.items()}
+        rows.append(f"| s/edit {method} | " + " | ".join(
+            f"{at[L]:.0f}" if at.get(L) is not None else "–" for L in lengths) + " |")
+    return "\n".join(rows)
 
 
 def _first_per_folder(runs, methods, length) -> list[Path]:
@@ -109,6 +134,9 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256], help="Answer cuts (tokens).")
     ap.add_argument("--dataset", choices=("editeverything", "unkebench"), default="editeverything")
     ap.add_argument("--per-domain", type=int, default=2, help="EditEverything records per domain (long enough).")
+    ap.add_argument("--domain-start", type=int, default=0,
+                    help="Skip this many long-enough EditEverything records of each domain first (new records "
+                         "for another --out when --per-domain has taken every domain's first ones).")
     ap.add_argument("--n", type=int, default=10, help="Records at most (UnKEBench: long enough, in file order).")
     ap.add_argument("--start", type=int, default=0,
                     help="Skip this many of the chosen records (another --out extends a sweep: slices pool).")
@@ -140,7 +168,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     overrides = load_overrides(args.configs, args.methods)
     model, tok = kedit.load_model()
-    path, chosen = select(args.dataset, tok, lengths[-1], per_domain=args.per_domain, start=args.start, n=args.n)
+    path, chosen = select(args.dataset, tok, lengths[-1], per_domain=args.per_domain, start=args.start, n=args.n,
+                          domain_start=args.domain_start)
     if not chosen:
         raise SystemExit(f"no {args.dataset} record has {lengths[-1]} answer tokens")
     print(f"{len(chosen)} records with >= {lengths[-1]} answer tokens: {[r.id for r in chosen]}", flush=True)
