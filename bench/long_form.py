@@ -75,8 +75,8 @@ def siblings(out: Path, dataset: str, methods) -> list[str]:
 
 
 def earlier_runs(path: Path, slice_: dict) -> dict[str, dict]:
-    """The runs of an earlier ``table.json`` of the same slice, so a later call with other
-    ``--methods`` adds rows instead of replacing the table (another slice starts a new table)."""
+    """The runs of an earlier ``table.json`` of the same slice, so a later (or concurrent) call with
+    other ``--methods`` adds rows instead of replacing the table (another slice starts a new table)."""
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
@@ -134,7 +134,7 @@ def main() -> None:
         chosen = _per_domain(load_editeverything(path), args.per_domain, skip=args.domain_start)
         datasets["editeverything"] = (path, _truncate(chosen, tok, args.max_answer_tokens))
     slice_ = {"max_answer_tokens": args.max_answer_tokens, "start": args.start, "domain_start": args.domain_start}
-    table = earlier_runs(out / "table.json", slice_)
+    mine: dict[str, dict] = {}
     for name, (path, requests) in datasets.items():
         for method in args.methods:
             start = time.perf_counter()
@@ -143,9 +143,10 @@ def main() -> None:
                                 mode="independent", out_dir=run_dir, config=overrides.get(method), data_path=path,
                                 progress=True, save_edits=False, keep_pre_edit=True, resume=args.resume,
                                 pre_edit_from=shared_pre_edit(out, siblings(out, name, args.methods)))
-            table[f"{name}:{method}"] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
+            mine[f"{name}:{method}"] = {"metrics": summary["metrics"], "pre_metrics": summary["pre_metrics"],
                                          "timing": summary["timing"], "wall_seconds": time.perf_counter() - start,
                                          "n": len(requests)}
+            table = {**earlier_runs(out / "table.json", slice_), **mine}  # read again: another process may add rows
             (out / "table.json").write_text(json.dumps({**slice_, "runs": table}, indent=1))
             m = summary["metrics"]
             print(f"{name:15s} {method:13s} BLEU {m['bleu']['original']:.3f}/{m['bleu']['paraphrase'] or 0:.3f} "
