@@ -133,8 +133,10 @@ def main() -> None:
         path = data_dir() / "editeverything" / "editevery.json"
         chosen = _per_domain(load_editeverything(path), args.per_domain, skip=args.domain_start)
         datasets["editeverything"] = (path, _truncate(chosen, tok, args.max_answer_tokens))
-    slice_ = {"max_answer_tokens": args.max_answer_tokens, "start": args.start, "domain_start": args.domain_start}
+    slice_ = {"max_answer_tokens": args.max_answer_tokens, "n": args.n, "start": args.start,
+              "per_domain": args.per_domain, "domain_start": args.domain_start}
     mine: dict[str, dict] = {}
+    table = earlier_runs(out / "table.json", slice_)
     for name, (path, requests) in datasets.items():
         for method in args.methods:
             start = time.perf_counter()

@@ -30,7 +30,7 @@ def length_sweep():
     return _bench_module("length_sweep")
 
 
-SLICE = {"max_answer_tokens": 128, "start": 8, "domain_start": 0}
+SLICE = {"max_answer_tokens": 128, "n": 20, "start": 8, "per_domain": 0, "domain_start": 0}
 
 
 def test_earlier_runs_of_the_same_slice_are_kept(long_form, tmp_path):
@@ -39,6 +39,7 @@ def test_earlier_runs_of_the_same_slice_are_kept(long_form, tmp_path):
     assert long_form.earlier_runs(path, SLICE) == {"unkebench:anyedit": {"n": 20}}
     assert long_form.earlier_runs(path, {**SLICE, "start": 0}) == {}
     assert long_form.earlier_runs(path, {**SLICE, "max_answer_tokens": 256}) == {}
+    assert long_form.earlier_runs(path, {**SLICE, "n": 8}) == {}
     assert long_form.earlier_runs(tmp_path / "absent.json", SLICE) == {}
 
 
