@@ -25,7 +25,7 @@ import kedit
 from kedit.data.unstructured import load_editeverything, load_unkebench
 from kedit.paths import data_dir
 from kedit.runs.length_plots import UNEDITED, length_series, plot_score_by_length
-from kedit.runs.pooling import case_score, paired_comparison, pool_runs
+from kedit.runs.pooling import case_score, paired_scores_by_metric, paired_statistics, pool_runs
 from kedit.runs.run_dir import shared_pre_edit
 from kedit.runs.runner import run_bench
 from long_form import METHODS, _per_domain, _truncate, load_overrides
@@ -78,8 +78,10 @@ def summarise(folders: list[Path], dataset: str, lengths, methods, pairs) -> dic
         result["seconds_per_edit"][m] = {L: pool_runs(d)["seconds_per_edit"] for L, d in runs[m].items() if d}
     for a, b in pairs:
         both = {L: [(x, y) for x in runs[a][L] for y in runs[b][L] if x.parents[1] == y.parents[1]] for L in lengths}
+        scores = {L: paired_scores_by_metric([x for x, _ in d], [y for _, y in d], list(SCORES))
+                  for L, d in both.items() if d}  # each length's two sides read once for all scores
         result["paired"][f"{b} vs {a}"] = {
-            metric: {L: paired_comparison([x for x, _ in d], [y for _, y in d], metric) for L, d in both.items() if d}
+            metric: {L: paired_statistics(by_metric[metric], metric) for L, by_metric in scores.items()}
             for metric in SCORES}
     return result
 
