@@ -298,6 +298,19 @@ def pool(
 
 @app.command()
 @_handle_errors
+def archive(
+    source: Path = typer.Argument(..., help="A finished run directory, or a benchmark folder of run directories."),
+    out: Path = typer.Option(..., "--out", help="Folder for the score-only copy (same layout as SOURCE)."),
+) -> None:
+    """Keep a run's per-request scores, timing and provenance without its texts (`kedit pool` reads it)."""
+    from kedit.runs.score_archive import archive_runs
+
+    written = archive_runs(source, out)
+    _stdout().print(f"Archived {len(written)} run(s) into {out}: " + ", ".join(p.name for p in written))
+
+
+@app.command()
+@_handle_errors
 def edit(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Template with '{}' for the subject, e.g. '{} plays the sport of'."),
     subject: str = typer.Option(..., "--subject", "-s", help="The subject that fills '{}'."),

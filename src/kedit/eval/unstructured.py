@@ -304,7 +304,9 @@ def _mean_scores(items: list[dict[str, Any]]) -> dict[str, Any]:
 def _aggregate(cases: list[dict[str, Any]], part: str) -> dict[str, Any]:
     present = [c[part] for c in cases if c[part] is not None]
     out = _mean_scores(present)
-    pairs = [(a, space_guard(p)) for c in present for a, p in zip(c["answers"], c["predictions"])]
+    # corpus BLEU needs every case's texts; a score archive (kedit.runs.score_archive) has none
+    texts = all("answers" in c and "predictions" in c for c in present)
+    pairs = [(a, space_guard(p)) for c in present for a, p in zip(c["answers"], c["predictions"])] if texts else []
     out["sacrebleu"] = corpus_bleu(*zip(*pairs)) if pairs else None
     out["n_cases"] = len(present)
     return out
