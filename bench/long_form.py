@@ -85,19 +85,49 @@ def earlier_runs(path: Path, slice_: dict) -> dict[str, dict]:
     return dict(earlier.get("runs", {}))
 
 
+def answer_lengths(requests, tok) -> dict:
+    """Answer tokens of each request, by id (the x axis of the length figure)."""
+    return {r.id: len(tok(r.target_new, add_special_tokens=False)["input_ids"]) for r in requests}
+
+
+def _length_points(metrics: Path, lengths: dict) -> list[tuple[int, float]]:
+    cases = json.loads(metrics.read_text())["cases"]["post"]
+    return [(lengths[c["id"]], c["original"]["bleu"]) for c in cases if c["id"] in lengths]
+
+
 def bleu_by_length(out: Path, datasets: dict, table: dict, tok) -> dict[str, list[tuple[int, float]]]:
     """(answer tokens, original-question BLEU) per edited request, per method in ``table``."""
-    lengths: dict[str, list[tuple[int, float]]] = {}
+    points: dict[str, list[tuple[int, float]]] = {}
+    lengths = {name: answer_lengths(requests, tok) for name, (_, requests) in datasets.items()}
     for key in table:
         name, method = key.split(":", 1)
         metrics = out / f"{name}-{method}" / "metrics.json"
-        if name not in datasets or not metrics.is_file():
+        if name in datasets and metrics.is_file():
+            points.setdefault(method, []).extend(_length_points(metrics, lengths[name]))
+    return points
+
+
+DATASETS = {"unkebench": (("unke", "final_data_v2.json"), load_unkebench),
+            "editeverything": (("editeverything", "editevery.json"), load_editeverything)}
+
+
+def slice_bleu_by_length(slices, tok, max_answer_tokens: int) -> dict[str, list[tuple[int, float]]]:
+    """:func:`bleu_by_length` over every ``<dataset>-<method>`` run of ``slices`` (slice folders of
+    this script, or their ``kedit archive`` copies), the answers cut as the runs cut them."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    lengths: dict[str, dict] = {}
+    folders = sorted({p.name for s in map(Path, slices) for p in s.iterdir() if p.is_dir()})
+    for folder in folders:
+        name, _, method = folder.partition("-")
+        if name not in DATASETS:
             continue
-        by_id = {r.id: r for r in datasets[name][1]}
-        lengths.setdefault(method, []).extend(
-            (len(tok(by_id[c["id"]].target_new, add_special_tokens=False)["input_ids"]), c["original"]["bleu"])
-            for c in json.loads(metrics.read_text())["cases"]["post"] if c["id"] in by_id)
-    return lengths
+        if name not in lengths:
+            parts, load = DATASETS[name]
+            lengths[name] = answer_lengths(_truncate(load(data_dir().joinpath(*parts)), tok, max_answer_tokens), tok)
+        for s in map(Path, slices):
+            if (s / folder / "metrics.json").is_file():
+                points.setdefault(method, []).extend(_length_points(s / folder / "metrics.json", lengths[name]))
+    return points
 
 
 def main() -> None:
@@ -115,7 +145,16 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/long_form")
     ap.add_argument("--resume", action="store_true",
                     help="Continue killed runs in --out: finished requests are read back, not edited again.")
+    ap.add_argument("--plot-from", nargs="+", metavar="SLICE",
+                    help="Edit nothing: draw --out/bleu_vs_length.png from these slice folders (or their archives).")
     args = ap.parse_args()
+    if args.plot_from:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        points = slice_bleu_by_length(args.plot_from, kedit.load_model()[1], args.max_answer_tokens)
+        if not points:
+            ap.error(f"--plot-from: no <dataset>-<method> runs in {args.plot_from}")
+        print(plot_length(points, Path(args.out) / "bleu_vs_length.png"), {m: len(p) for m, p in points.items()})
+        return
     if not args.n and not args.per_domain:
         ap.error("nothing to edit: --n and --per-domain are both 0")
     out = Path(args.out)

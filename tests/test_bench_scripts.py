@@ -62,6 +62,44 @@ def test_per_domain_takes_the_same_positions_in_every_domain(long_form):
     assert [(r.domain, r.i) for r in chosen] == [("a", 1), ("a", 3), ("b", 5), ("b", 6)]
 
 
+class _WordTokenizer:
+    """Tokens are words: lengths and cuts a test can count by eye."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": list(range(len(text.split())))}
+
+    def decode(self, ids):
+        return " ".join(self._words[: len(ids)])
+
+    def __init__(self):
+        self._words = []
+
+
+def test_length_points_from_slices_and_archives(long_form, tmp_path, monkeypatch):
+    from kedit.data.requests import EditRequest
+    from kedit.runs.score_archive import archive_runs
+
+    answers = {3: "one two three", 4: "a b c d e f g h", 9: "x y"}
+    requests = [EditRequest(f"Q{i}?", None, a, id=i) for i, a in answers.items()]
+    monkeypatch.setitem(long_form.DATASETS, "unkebench", (("unke", "x.json"), lambda path: requests))
+    tok = _WordTokenizer()
+    tok._words = "a b c d e f g h".split()
+
+    def run(folder, scores):
+        folder.mkdir(parents=True)
+        post = [{"id": i, "original": {"bleu": b, "answers": ["t"], "predictions": ["t"]}} for i, b in scores.items()]
+        (folder / "metrics.json").write_text(json.dumps({"protocol": "unstructured", "cases": {"post": post, "pre": []}}))
+        (folder / "summary.json").write_text(json.dumps({"method": "m", "mode": "independent"}))
+
+    run(tmp_path / "s0" / "unkebench-muke", {3: 0.5, 4: 1.0})
+    run(tmp_path / "s1" / "unkebench-muke", {9: 0.25})
+    run(tmp_path / "s1" / "unkebench-anyedit", {9: 0.75})
+    (tmp_path / "s1" / "notes").mkdir()  # not a <dataset>-<method> folder
+    archive_runs(tmp_path / "s1", tmp_path / "a1")
+    points = long_form.slice_bleu_by_length([tmp_path / "s0", tmp_path / "a1"], tok, max_answer_tokens=5)
+    assert points == {"anyedit": [(2, 0.75)], "muke": [(3, 0.5), (5, 1.0), (2, 0.25)]}  # record 4 cut to 5 tokens
+
+
 def _point(length: int, mean: float, n: int) -> dict:
     return {"length": length, "n": n, "mean": mean, "ci95": [mean - 0.1, mean + 0.1]}
 
