@@ -29,13 +29,14 @@ def _case(i: int, bleu: float) -> dict:
             "fluency": 4.0 + bleu}
 
 
-def _run(folder, ids, scores, *, method="muke"):
+def _run(folder, ids, scores, *, method="muke", config_hash="c1"):
     folder.mkdir(parents=True)
     cases = {"post": [_case(i, s) for i, s in zip(ids, scores)], "pre": [_case(i, s / 4) for i, s in zip(ids, scores)]}
     (folder / "metrics.json").write_text(json.dumps({"protocol": "unstructured", "cases": cases}))
-    (folder / "summary.json").write_text(json.dumps({"method": method, "mode": "independent",
-                                                     "timing": {"edit_seconds_total": 10.0 * len(ids)}}))
-    (folder / "manifest.json").write_text(json.dumps({"format": "kedit.run", "request_ids": list(ids)}))
+    (folder / "summary.json").write_text(json.dumps({"method": method, "mode": "independent", "dataset": "unkebench",
+                                                     "n": len(ids), "timing": {"edit_seconds_total": 10.0 * len(ids)}}))
+    (folder / "manifest.json").write_text(json.dumps({"format": "kedit.run", "request_ids": list(ids),
+                                                      "config_hash": config_hash}))
     (folder / "journal.jsonl").write_text(json.dumps({"cases": cases["post"]}) + "\n")
     return folder
 
@@ -74,7 +75,7 @@ def test_archive_holds_no_text_and_pools_to_the_runs_scores(tmp_path):
             text = path.read_text(encoding="utf-8")
             assert "Quimper" not in text and "Odet" not in text and "Loire" not in text, path
     assert sorted(p.name for p in (tmp_path / "archive" / "s0" / "unkebench-muke").iterdir()) == \
-        ["manifest.json", "metrics.json", "summary.json"]
+        ["metrics.json", "sources.json", "summary.json"]
 
     arch_a = [tmp_path / "archive" / s / "unkebench-anyedit" for s in ("s0", "s1")]
     arch_b = [tmp_path / "archive" / s / "unkebench-muke" for s in ("s0", "s1")]
@@ -115,3 +116,26 @@ def test_cli_archive_then_pool(tmp_path):
     assert json.loads((tmp_path / "p" / "pooled.json").read_text())["runs"]["unkebench-muke"]["n"] == 2
     empty = runner.invoke(app, ["archive", str(tmp_path / "p"), "--out", str(tmp_path / "a1")])
     assert empty.exit_code == 2 and "holds no finished run" in empty.output
+
+
+def test_slices_accumulate_in_one_archive(tmp_path):
+    runs = [_run(tmp_path / "a" / "muke", [0, 1], [0.5, 0.25]), _run(tmp_path / "b" / "muke", [2], [1.0])]
+    out = tmp_path / "archive" / "unkebench-muke"
+    archive_run(runs[0], out)
+    archive_run(runs[1], out)
+    pooled, kept = pool_runs(runs), pool_runs([out])
+    assert kept["n"] == 3 and kept["metrics"]["bleu"] == pooled["metrics"]["bleu"]
+    assert kept["seconds_per_edit"] == pooled["seconds_per_edit"] == 10.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["timing"]["edit_seconds_total"] == 30.0
+    assert summary["metrics"]["bleu"]["original"] == pytest.approx(1.75 / 3)  # recomputed, not the last slice's
+    assert summary["metrics"]["sacrebleu"]["original"] is None
+    assert [m["request_ids"] for m in json.loads((out / "sources.json").read_text())] == [[0, 1], [2]]
+
+    with pytest.raises(DataError, match=r"already holds requests \['2'\]"):
+        archive_run(runs[1], out)
+    with pytest.raises(DataError, match="cannot add anyedit"):
+        archive_run(_run(tmp_path / "c" / "anyedit", [5], [0.5], method="anyedit"), out)
+    with pytest.raises(DataError, match="archive runs of one config together"):
+        archive_run(_run(tmp_path / "d" / "muke", [6], [0.5], config_hash="c2"), out)
+    assert json.loads((out / "summary.json").read_text())["n"] == 3  # refused additions change nothing

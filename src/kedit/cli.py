@@ -300,7 +300,8 @@ def pool(
 @_handle_errors
 def archive(
     source: Path = typer.Argument(..., help="A finished run directory, or a benchmark folder of run directories."),
-    out: Path = typer.Option(..., "--out", help="Folder for the score-only copy (same layout as SOURCE)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the score-only copy (same layout as SOURCE); an "
+                             "archive already there of the same method and config gains the new requests."),
 ) -> None:
     """Keep a run's per-request scores, timing and provenance without its texts (`kedit pool` reads it)."""
     from kedit.runs.score_archive import archive_runs

@@ -7,6 +7,10 @@ comparisons need from each slice only its per-request scores and its timing (``s
 with the dataset, and the generated answers are a few kilobytes per request.  An archive keeps the
 first and drops the rest; ``kedit pool`` reads it as it reads the run itself, except for the
 corpus-level sacreBLEU, which needs the texts and is left empty.
+
+Slices of one method accumulate: archiving a run into a folder that already holds an archive of the
+same method, dataset and config adds its requests, so the kept copy of a benchmark is one folder per
+block of records however the runs were cut (a run of 10 records today, 10 more on another machine).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ __all__ = ["TEXT_KEYS", "strip_texts", "archive_run", "archive_runs", "is_run_di
 #: protocols' cases hold scores only).
 TEXT_KEYS = frozenset({"question", "questions", "answers", "predictions"})
 _REQUIRED = ("summary.json", "metrics.json")
-_COPIED = ("manifest.json", "config.yaml")  # provenance: versions, CPU, data hash, argv; no text
+SOURCES = "sources.json"  # the archived runs' manifests: versions, CPU, data hash, request ids, argv
 
 
 def strip_texts(value: Any) -> Any:
@@ -48,25 +52,83 @@ def _read(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc}); archive finished runs only") from None
 
 
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _sources(src: Path) -> list[dict[str, Any]]:
+    """The provenance of what an archive holds: one run manifest per archived slice."""
+    if (src / SOURCES).is_file():
+        return _read(src / SOURCES)
+    return [_read(src / "manifest.json")] if (src / "manifest.json").is_file() else []
+
+
+def _merged(dst: Path, summary: dict[str, Any], metrics: dict[str, Any],
+            sources: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """The archive already in ``dst`` with ``summary``/``metrics`` added: the cases joined, the
+    headline scores recomputed over them, the edit time summed (independent edits only)."""
+    from kedit.runs import protocols
+    from kedit.runs.protocols import _mean
+
+    old_summary, old_metrics = _read(dst / "summary.json"), _read(dst / "metrics.json")
+    old_sources = _sources(dst)
+    mine = (summary.get("method"), metrics.get("protocol"), summary.get("mode"), summary.get("dataset"))
+    theirs = (old_summary.get("method"), old_metrics.get("protocol"), old_summary.get("mode"), old_summary.get("dataset"))
+    if mine != theirs or summary.get("mode") != "independent":
+        raise DataError(f"{dst}: holds {theirs[0]} ({theirs[2]}, {theirs[3]}); cannot add {mine[0]} ({mine[2]}, "
+                        f"{mine[3]}): only independent runs of one method and dataset accumulate")
+    hashes = {m.get("config_hash") for m in old_sources + sources} - {None}
+    if len(hashes) > 1:
+        raise DataError(f"{dst}: its runs were made with config {sorted(hashes)[0]}, this one with another "
+                        f"({sorted(hashes)}); archive runs of one config together")
+    post, pre = (old_metrics["cases"].get(k, []) + metrics["cases"].get(k, []) for k in ("post", "pre"))
+    overlap = {c["id"] for c in old_metrics["cases"].get("post", [])} & {c["id"] for c in metrics["cases"].get("post", [])}
+    if overlap:
+        raise DataError(f"{dst}: already holds requests {sorted(map(str, overlap))[:5]}; archive disjoint slices")
+    protocol = metrics["protocol"]
+    agg_post, agg_pre = protocols.aggregate(protocol, post), protocols.aggregate(protocol, pre) if pre else None
+    seconds = old_summary["timing"]["edit_seconds_total"] + summary["timing"]["edit_seconds_total"]
+    merged_summary = {
+        **old_summary, "n": len(post), "metrics": protocols.headline(protocol, agg_post),
+        "pre_metrics": protocols.headline(protocol, agg_pre) if agg_pre else None,
+        "timing": {"seconds_per_edit": seconds / len(post), "edit_seconds_total": seconds,
+                   "stats_seconds": sum((x["timing"].get("stats_seconds") or 0) for x in (old_summary, summary))},
+        "fluency": {**(old_summary.get("fluency") or {}), "pre": _mean(c.get("fluency") for c in pre),
+                    "post": _mean(c.get("fluency") for c in post)},
+        "memory": {"peak_rss_mb": max((x.get("memory") or {}).get("peak_rss_mb") or 0 for x in (old_summary, summary))},
+    }
+    merged_metrics = {**old_metrics, "post": agg_post, "pre": agg_pre, "cases": {"post": post, "pre": pre}}
+    return merged_summary, merged_metrics, old_sources + sources
+
+
 def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write ``run_dir``'s scores, timing and provenance to ``out_dir`` with every text removed.
 
+    An ``out_dir`` that already holds an archive of the same method, dataset and config gains this
+    run's requests (slices of one benchmark accumulate in one folder, however they were cut); its
+    headline scores are recomputed over all requests.  ``sources.json`` lists every archived run's
+    manifest (versions, CPU, data hash, request ids, command line).
+
     Raises ``DataError`` when ``run_dir`` is not a finished run (no ``summary.json`` or
-    ``metrics.json``) or when ``out_dir`` is ``run_dir`` itself (the texts would be lost)."""
+    ``metrics.json``), when ``out_dir`` is ``run_dir`` itself (the texts would be lost), and when the
+    archive there holds another method, dataset or config or any of the same requests."""
     src, dst = Path(run_dir), Path(out_dir)
     if not is_run_dir(src):
         missing = [name for name in _REQUIRED if not (src / name).is_file()]
         raise DataError(f"{src}: not a finished run ({', '.join(missing)} missing); resume it before archiving")
     if dst.resolve() == src.resolve():
         raise DataError(f"{dst}: the archive would overwrite the run it copies; choose another --out")
+    summary, metrics = strip_texts(_read(src / "summary.json")), strip_texts(_read(src / "metrics.json"))
+    sources = _sources(src)
+    if is_run_dir(dst):
+        summary, metrics, sources = _merged(dst, summary, metrics, sources)
     dst.mkdir(parents=True, exist_ok=True)
-    metrics = strip_texts(_read(src / "metrics.json"))
     metrics["texts"] = "removed (score archive); corpus sacreBLEU cannot be recomputed from it"
-    for name, data in (("summary.json", strip_texts(_read(src / "summary.json"))), ("metrics.json", metrics)):
-        (dst / name).write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
-    for name in _COPIED:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+    _write_json(dst / "summary.json", summary)
+    _write_json(dst / "metrics.json", metrics)
+    _write_json(dst / SOURCES, sources)
+    if (src / "config.yaml").is_file():
+        shutil.copyfile(src / "config.yaml", dst / "config.yaml")
     return dst
 
 
