@@ -121,3 +121,36 @@ def test_resume_on_another_cpu_warns_and_keeps_the_finished_requests(tmp_path, m
     with caplog.at_level("WARNING", logger="kedit.runs.checkpoint"):
         run_bench(model, tok, out_dir=tmp_path / "run", resume=True, **kwargs)  # the manifest now names this CPU
     assert "edited on" not in caplog.text
+
+
+def test_an_interrupted_run_archives_the_requests_it_finished(tmp_path, monkeypatch, setup):
+    from kedit.errors import DataError
+    from kedit.runs.pooling import pool_runs
+    from kedit.runs.score_archive import archive_run, archive_runs
+
+    model, tok, kwargs = setup
+    kwargs = {**kwargs, "requests": tiny_requests(), "batch_size": 1}
+    run_bench(model, tok, out_dir=tmp_path / "straight", **kwargs)
+    kill_at_edit(monkeypatch, 3)  # requests 0 and 1 finish
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(model, tok, out_dir=tmp_path / "bench" / "killed", **kwargs)
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="--unfinished"):
+        archive_run(tmp_path / "bench" / "killed", tmp_path / "a")
+    (out,) = archive_runs(tmp_path / "bench", tmp_path / "a", unfinished=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["unfinished"] == "2 of 3 requests"
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["cases"]
+    kept = json.loads((out / "metrics.json").read_text())["cases"]
+    assert kept["post"] == straight["post"][:2] and kept["pre"] == straight["pre"][:2]
+    journal = [json.loads(line) for line in (tmp_path / "bench" / "killed" / "journal.jsonl").read_text().splitlines()]
+    assert pool_runs([out])["seconds_per_edit"] == pytest.approx(sum(r["seconds"] for r in journal) / 2)
+
+    # the third request, edited later as a slice of its own, joins the same archive
+    run_bench(model, tok, out_dir=tmp_path / "rest", **{**kwargs, "requests": tiny_requests()[2:]})
+    archive_run(tmp_path / "rest", out)
+    assert pool_runs([out])["metrics"] == pool_runs([tmp_path / "straight"])["metrics"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "manifest.json").write_text((tmp_path / "bench" / "killed" / "manifest.json").read_text())
+    with pytest.raises(DataError, match="no finished request"):
+        archive_run(tmp_path / "empty", tmp_path / "b", unfinished=True)

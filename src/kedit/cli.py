@@ -302,11 +302,13 @@ def archive(
     source: Path = typer.Argument(..., help="A finished run directory, or a benchmark folder of run directories."),
     out: Path = typer.Option(..., "--out", help="Folder for the score-only copy (same layout as SOURCE); an "
                              "archive already there of the same method and config gains the new requests."),
+    unfinished: bool = typer.Option(False, "--unfinished", help="Also keep the requests an interrupted "
+                                    "independent run finished (its journal's); edit the rest later as a new slice."),
 ) -> None:
     """Keep a run's per-request scores, timing and provenance without its texts (`kedit pool` reads it)."""
     from kedit.runs.score_archive import archive_runs
 
-    written = archive_runs(source, out)
+    written = archive_runs(source, out, unfinished=unfinished)
     _stdout().print(f"Archived {len(written)} run(s) into {out}: " + ", ".join(p.name for p in written))
 
 

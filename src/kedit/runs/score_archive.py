@@ -101,7 +101,56 @@ def _merged(dst: Path, summary: dict[str, Any], metrics: dict[str, Any],
     return merged_summary, merged_metrics, old_sources + sources
 
 
-def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def _journal_records(src: Path) -> list[dict[str, Any]]:
+    """The journal lines of the batches a run finished, in order (a line cut off by a kill ends them)."""
+    records: list[dict[str, Any]] = []
+    path = src / "journal.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record.get("batch") != len(records) or not isinstance(record.get("cases"), list):
+            break
+        records.append(record)
+    return records
+
+
+def _unfinished(src: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``summary.json`` / ``metrics.json`` of the requests an interrupted independent run finished,
+    from its journal (each line carries its requests' scores) and its saved pre-edit scores."""
+    from kedit.runs import protocols
+    from kedit.runs.protocols import _mean
+    from kedit.runs.run_dir import PRE_EDIT_FILE
+
+    if not (src / "manifest.json").is_file():
+        raise DataError(f"{src}: not a run directory (no manifest.json)")
+    manifest = _read(src / "manifest.json")
+    if manifest.get("mode") != "independent":
+        raise DataError(f"{src}: a {manifest.get('mode')} run; only independent runs keep per-request scores that "
+                        "stand without the rest of the run")
+    records = _journal_records(src)
+    post = [case for record in records for case in record["cases"]]
+    if not post:
+        raise DataError(f"{src}: no finished request in journal.jsonl yet; nothing to archive")
+    ids = {case["id"] for case in post}
+    pre_path = src / PRE_EDIT_FILE
+    pre = [c for c in _read(pre_path)["result"]["cases"] if c["id"] in ids] if pre_path.is_file() else []
+    protocol = protocols.protocol_for(manifest["dataset"])
+    agg_post, agg_pre = protocols.aggregate(protocol, post), protocols.aggregate(protocol, pre) if pre else None
+    seconds = sum(record["seconds"] for record in records)
+    summary = {"method": manifest.get("method"), "dataset": manifest["dataset"], "n": len(post),
+               "batch_size": manifest.get("batch_size"), "mode": "independent",
+               "metrics": protocols.headline(protocol, agg_post),
+               "pre_metrics": protocols.headline(protocol, agg_pre) if agg_pre else None,
+               "timing": {"seconds_per_edit": seconds / len(post), "edit_seconds_total": seconds},
+               "fluency": {"pre": _mean(c.get("fluency") for c in pre), "post": _mean(c.get("fluency") for c in post),
+                           "protocol": protocols.fluency_protocol(protocol)},
+               "unfinished": f"{len(post)} of {len(manifest.get('request_ids') or [])} requests"}
+    return summary, {"protocol": protocol, "post": agg_post, "pre": agg_pre, "cases": {"post": post, "pre": pre}}
+
+
+def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, unfinished: bool = False) -> Path:
     """Write ``run_dir``'s scores, timing and provenance to ``out_dir`` with every text removed.
 
     An ``out_dir`` that already holds an archive of the same method, dataset and config gains this
@@ -109,16 +158,26 @@ def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     headline scores are recomputed over all requests.  ``sources.json`` lists every archived run's
     manifest (versions, CPU, data hash, request ids, command line).
 
+    With ``unfinished``, a run that was stopped part-way is archived too: the requests its journal
+    shows finished, with their pre-edit scores (``summary.json`` says how many of how many).  The
+    rest can be edited later as a slice of their own (``--start``) and archived into the same folder.
+
     Raises ``DataError`` when ``run_dir`` is not a finished run (no ``summary.json`` or
-    ``metrics.json``), when ``out_dir`` is ``run_dir`` itself (the texts would be lost), and when the
-    archive there holds another method, dataset or config or any of the same requests."""
+    ``metrics.json``; with ``unfinished``: no finished request), when ``out_dir`` is ``run_dir``
+    itself (the texts would be lost), and when the archive there holds another method, dataset or
+    config or any of the same requests."""
     src, dst = Path(run_dir), Path(out_dir)
-    if not is_run_dir(src):
-        missing = [name for name in _REQUIRED if not (src / name).is_file()]
-        raise DataError(f"{src}: not a finished run ({', '.join(missing)} missing); resume it before archiving")
     if dst.resolve() == src.resolve():
         raise DataError(f"{dst}: the archive would overwrite the run it copies; choose another --out")
-    summary, metrics = strip_texts(_read(src / "summary.json")), strip_texts(_read(src / "metrics.json"))
+    if is_run_dir(src):
+        summary, metrics = _read(src / "summary.json"), _read(src / "metrics.json")
+    elif unfinished:
+        summary, metrics = _unfinished(src)
+    else:
+        missing = [name for name in _REQUIRED if not (src / name).is_file()]
+        raise DataError(f"{src}: not a finished run ({', '.join(missing)} missing); resume it before archiving, "
+                        "or pass --unfinished to keep the requests it finished")
+    summary, metrics = strip_texts(summary), strip_texts(metrics)
     sources = _sources(src)
     if is_run_dir(dst):
         summary, metrics, sources = _merged(dst, summary, metrics, sources)
@@ -132,17 +191,20 @@ def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     return dst
 
 
-def archive_runs(source: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+def archive_runs(source: str | os.PathLike, out_dir: str | os.PathLike, *, unfinished: bool = False) -> list[Path]:
     """Archive ``source``: one run directory (into ``out_dir``), or a benchmark folder holding run
     directories (each into ``out_dir/<name>``, the layout ``kedit pool --runs`` expects).
 
-    Unfinished run directories of a folder are skipped; raises ``DataError`` when nothing under
-    ``source`` is a finished run."""
+    Unfinished run directories of a folder are skipped, or with ``unfinished`` archived with the
+    requests they finished (see :func:`archive_run`); raises ``DataError`` when nothing under
+    ``source`` can be archived."""
     src, dst = Path(source), Path(out_dir)
-    if is_run_dir(src):
-        return [archive_run(src, dst)]
-    runs = sorted(p for p in src.iterdir() if p.is_dir() and is_run_dir(p)) if src.is_dir() else []
+    if is_run_dir(src) or (unfinished and _journal_records(src)):
+        return [archive_run(src, dst, unfinished=unfinished)]
+    children = sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
+    runs = [p for p in children if is_run_dir(p) or (unfinished and (p / "manifest.json").is_file()
+                                                     and _journal_records(p))]
     if not runs:
         raise DataError(f"{src}: holds no finished run (a folder with summary.json and metrics.json, or a folder "
-                        "of such folders)")
-    return [archive_run(run, dst / run.name) for run in runs]
+                        "of such folders)" + ("" if unfinished else "; --unfinished also takes interrupted runs"))
+    return [archive_run(run, dst / run.name, unfinished=unfinished) for run in runs]
