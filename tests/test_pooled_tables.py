@@ -79,3 +79,14 @@ def test_long_answer_runs_get_their_own_table_and_domains():
     assert "| EditEverything: BLEU (orig.) by domain | math | code | news |" in lines
     assert lines[-1] == "| muke | \u2013 | .750 | .250 |"
     assert "by domain" not in runs_table("UnKEBench", {"muke": _long_run(10, 0.9)})
+
+
+def test_a_long_answer_column_no_run_has_is_left_out():
+    """Score archives carry no texts, hence no corpus sacreBLEU: the column goes, the others stay."""
+    archived = _long_run(10, 0.8)
+    archived["metrics"]["sacrebleu"] = {"original": None, "paraphrase": None}
+    lines = runs_table("UnKEBench", {"anyedit": archived}).splitlines()
+    assert lines[0] == ("| UnKEBench, 10 records | BLEU orig. / para. | ROUGE-L r orig. / para. | "
+                        "similarity orig. / para. | s/edit |")
+    assert lines[2] == "| anyedit | .800 / \u2013 | .500 / \u2013 | .900 / \u2013 | 102.0 |"
+    assert "sacreBLEU" in runs_table("UnKEBench", {"anyedit": archived, "muke": _long_run(10, 0.9)})

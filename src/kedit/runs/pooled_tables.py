@@ -96,11 +96,14 @@ def _long_form_table(title: str, runs: dict[str, dict[str, Any]], *, unedited: b
     where the benchmark has sub-questions, seconds per edit."""
     first = next(iter(runs.values()))
     sub = any((r.get("metrics") or {}).get("sub_question_rouge_l") for r in runs.values())
-    header = ([f"{title}, {first['n']} records"] + [f"{h} orig. / para." for h, _ in _LONG_FORM_SCORES]
+    # a column no run has is left out (score archives carry no texts, so no corpus sacreBLEU)
+    scores = [(h, k) for h, k in _LONG_FORM_SCORES
+              if any(v is not None for r in runs.values() for v in ((r.get("metrics") or {}).get(k) or {}).values())]
+    header = ([f"{title}, {first['n']} records"] + [f"{h} orig. / para." for h, _ in scores]
               + (["sub-question ROUGE-L r"] if sub else []) + ["s/edit"])
 
     def cells(metrics):
-        out = [_both(metrics, k) for _, k in _LONG_FORM_SCORES]
+        out = [_both(metrics, k) for _, k in scores]
         if sub:
             out.append(fmt_score(((metrics or {}).get("sub_question_rouge_l") or {}).get("recall")))
         return out
