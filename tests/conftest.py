@@ -72,3 +72,19 @@ def smollm():
 
     torch.manual_seed(0)
     return load_model()
+
+
+def _nested_keys(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _nested_keys(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _nested_keys(v)
+
+
+@pytest.fixture(scope="session")
+def nested_keys():
+    """``nested_keys(value)``: the set of dict keys anywhere in a JSON-like value (lists walked too)."""
+    return lambda value: set(_nested_keys(value))

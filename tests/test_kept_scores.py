@@ -14,22 +14,12 @@ KEPT = Path(__file__).resolve().parents[1] / "bench" / "scores"
 ARCHIVES = sorted(p.parent for p in KEPT.rglob("summary.json"))
 
 
-def _keys(value):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield k
-            yield from _keys(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _keys(v)
-
-
 @pytest.mark.skipif(not ARCHIVES, reason="no score archive kept yet")
 @pytest.mark.parametrize("archive", ARCHIVES, ids=lambda p: str(p.relative_to(KEPT)))
-def test_kept_archive_holds_scores_only_and_pools(archive):
+def test_kept_archive_holds_scores_only_and_pools(archive, nested_keys):
     metrics = json.loads((archive / "metrics.json").read_text(encoding="utf-8"))
     summary = json.loads((archive / "summary.json").read_text(encoding="utf-8"))
-    assert not TEXT_KEYS & set(_keys(metrics)) and not TEXT_KEYS & set(_keys(summary))
+    assert not TEXT_KEYS & nested_keys(metrics) and not TEXT_KEYS & nested_keys(summary)
     pooled = pool_runs([archive])
     assert pooled["n"] == summary["n"] == len({c["id"] for c in metrics["cases"]["post"]})
     assert pooled["metrics"]["bleu"] == summary["metrics"]["bleu"]
