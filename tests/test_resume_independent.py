@@ -150,6 +150,7 @@ def test_an_interrupted_run_archives_the_requests_it_finished(tmp_path, monkeypa
     run_bench(model, tok, out_dir=tmp_path / "rest", **{**kwargs, "requests": tiny_requests()[2:]})
     archive_run(tmp_path / "rest", out)
     assert pool_runs([out])["metrics"] == pool_runs([tmp_path / "straight"])["metrics"]
+    assert "unfinished" not in json.loads((out / "summary.json").read_text())
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "manifest.json").write_text((tmp_path / "bench" / "killed" / "manifest.json").read_text())
     with pytest.raises(DataError, match="no finished request"):

@@ -23,7 +23,7 @@ from kedit.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["save_checkpoint", "load_checkpoint", "finished_batches", "CHECKPOINT_DIR"]
+__all__ = ["save_checkpoint", "load_checkpoint", "finished_batches", "journal_batches", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoint"
 _FILES = ("progress.json", "deltas.safetensors", "state.safetensors", "rng.safetensors")
@@ -126,16 +126,23 @@ def finished_batches(out_dir: str | os.PathLike, manifest: dict[str, Any],
         # not refused: each request's edit is still one CPU's, as when slices of one benchmark run on two machines
         log.warning("%s: its finished requests were edited on %s, the rest will be on %s; an edit on an edge can "
                     "round differently on another CPU", out, old["cpu"], manifest["cpu"])
+    return journal_batches(journal, batch_ids)
+
+
+def journal_batches(journal: str | os.PathLike, batch_ids: list[list[Any]] | None = None) -> list[dict[str, Any]]:
+    """The records of an independent run's ``journal.jsonl`` that count as finished batches: in order
+    while each is the next batch, carries its cases and (given ``batch_ids``) names that batch's
+    requests; the first that does not (a line cut off by a kill) ends them."""
+    path = Path(journal)
     done: list[dict[str, Any]] = []
-    lines = journal.read_text(encoding="utf-8").splitlines() if journal.is_file() else []
-    for line in lines:
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             break
         index = len(done)
-        if (index >= len(batch_ids) or record.get("batch") != index or record.get("request_ids") != batch_ids[index]
-                or not isinstance(record.get("cases"), list)):
+        if (record.get("batch") != index or not isinstance(record.get("cases"), list) or batch_ids is not None
+                and (index >= len(batch_ids) or record.get("request_ids") != batch_ids[index])):
             break
         done.append(record)
     return done

@@ -63,13 +63,26 @@ def _sources(src: Path) -> list[dict[str, Any]]:
     return [_read(src / "manifest.json")] if (src / "manifest.json").is_file() else []
 
 
+def _tables(protocol: str, post: list[dict[str, Any]], pre: list[dict[str, Any]],
+            seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the ``summary.json`` fields, ``metrics.json``) of the cases ``post``/``pre`` that took
+    ``seconds`` of editing, recomputed as the runner computes them."""
+    from kedit.runs import protocols
+    from kedit.runs.protocols import _mean
+
+    agg_post, agg_pre = protocols.aggregate(protocol, post), protocols.aggregate(protocol, pre) if pre else None
+    summary = {"n": len(post), "metrics": protocols.headline(protocol, agg_post),
+               "pre_metrics": protocols.headline(protocol, agg_pre) if agg_pre else None,
+               "timing": {"seconds_per_edit": seconds / len(post), "edit_seconds_total": seconds},
+               "fluency": {"pre": _mean(c.get("fluency") for c in pre), "post": _mean(c.get("fluency") for c in post),
+                           "protocol": protocols.fluency_protocol(protocol)}}
+    return summary, {"protocol": protocol, "post": agg_post, "pre": agg_pre, "cases": {"post": post, "pre": pre}}
+
+
 def _merged(dst: Path, summary: dict[str, Any], metrics: dict[str, Any],
             sources: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """The archive already in ``dst`` with ``summary``/``metrics`` added: the cases joined, the
     headline scores recomputed over them, the edit time summed (independent edits only)."""
-    from kedit.runs import protocols
-    from kedit.runs.protocols import _mean
-
     old_summary, old_metrics = _read(dst / "summary.json"), _read(dst / "metrics.json")
     old_sources = _sources(dst)
     mine = (summary.get("method"), metrics.get("protocol"), summary.get("mode"), summary.get("dataset"))
@@ -81,46 +94,24 @@ def _merged(dst: Path, summary: dict[str, Any], metrics: dict[str, Any],
     if len(hashes) > 1:
         raise DataError(f"{dst}: its runs were made with config {sorted(hashes)[0]}, this one with another "
                         f"({sorted(hashes)}); archive runs of one config together")
-    post, pre = (old_metrics["cases"].get(k, []) + metrics["cases"].get(k, []) for k in ("post", "pre"))
     overlap = {c["id"] for c in old_metrics["cases"].get("post", [])} & {c["id"] for c in metrics["cases"].get("post", [])}
     if overlap:
         raise DataError(f"{dst}: already holds requests {sorted(map(str, overlap))[:5]}; archive disjoint slices")
-    protocol = metrics["protocol"]
-    agg_post, agg_pre = protocols.aggregate(protocol, post), protocols.aggregate(protocol, pre) if pre else None
-    seconds = old_summary["timing"]["edit_seconds_total"] + summary["timing"]["edit_seconds_total"]
-    merged_summary = {
-        **old_summary, "n": len(post), "metrics": protocols.headline(protocol, agg_post),
-        "pre_metrics": protocols.headline(protocol, agg_pre) if agg_pre else None,
-        "timing": {"seconds_per_edit": seconds / len(post), "edit_seconds_total": seconds,
-                   "stats_seconds": sum((x["timing"].get("stats_seconds") or 0) for x in (old_summary, summary))},
-        "fluency": {**(old_summary.get("fluency") or {}), "pre": _mean(c.get("fluency") for c in pre),
-                    "post": _mean(c.get("fluency") for c in post)},
-        "memory": {"peak_rss_mb": max((x.get("memory") or {}).get("peak_rss_mb") or 0 for x in (old_summary, summary))},
-    }
-    merged_metrics = {**old_metrics, "post": agg_post, "pre": agg_pre, "cases": {"post": post, "pre": pre}}
-    return merged_summary, merged_metrics, old_sources + sources
-
-
-def _journal_records(src: Path) -> list[dict[str, Any]]:
-    """The journal lines of the batches a run finished, in order (a line cut off by a kill ends them)."""
-    records: list[dict[str, Any]] = []
-    path = src / "journal.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if record.get("batch") != len(records) or not isinstance(record.get("cases"), list):
-            break
-        records.append(record)
-    return records
+    post, pre = (old_metrics["cases"].get(k, []) + metrics["cases"].get(k, []) for k in ("post", "pre"))
+    both = (old_summary, summary)
+    fields, tables = _tables(metrics["protocol"], post, pre,
+                             sum(x["timing"]["edit_seconds_total"] for x in both))
+    fields["timing"]["stats_seconds"] = sum(x["timing"].get("stats_seconds") or 0 for x in both)
+    fields["memory"] = {"peak_rss_mb": max((x.get("memory") or {}).get("peak_rss_mb") or 0 for x in both)}
+    merged = {k: v for k, v in old_summary.items() if k != "unfinished"}  # one run's count; sources.json lists each
+    return {**merged, **fields}, {**old_metrics, **tables}, old_sources + sources
 
 
 def _unfinished(src: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``summary.json`` / ``metrics.json`` of the requests an interrupted independent run finished,
     from its journal (each line carries its requests' scores) and its saved pre-edit scores."""
-    from kedit.runs import protocols
-    from kedit.runs.protocols import _mean
+    from kedit.runs.checkpoint import journal_batches
+    from kedit.runs.protocols import protocol_for
     from kedit.runs.run_dir import PRE_EDIT_FILE
 
     if not (src / "manifest.json").is_file():
@@ -129,25 +120,20 @@ def _unfinished(src: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if manifest.get("mode") != "independent":
         raise DataError(f"{src}: a {manifest.get('mode')} run; only independent runs keep per-request scores that "
                         "stand without the rest of the run")
-    records = _journal_records(src)
+    records = journal_batches(src / "journal.jsonl")
     post = [case for record in records for case in record["cases"]]
     if not post:
         raise DataError(f"{src}: no finished request in journal.jsonl yet; nothing to archive")
     ids = {case["id"] for case in post}
-    pre_path = src / PRE_EDIT_FILE
-    pre = [c for c in _read(pre_path)["result"]["cases"] if c["id"] in ids] if pre_path.is_file() else []
-    protocol = protocols.protocol_for(manifest["dataset"])
-    agg_post, agg_pre = protocols.aggregate(protocol, post), protocols.aggregate(protocol, pre) if pre else None
-    seconds = sum(record["seconds"] for record in records)
-    summary = {"method": manifest.get("method"), "dataset": manifest["dataset"], "n": len(post),
-               "batch_size": manifest.get("batch_size"), "mode": "independent",
-               "metrics": protocols.headline(protocol, agg_post),
-               "pre_metrics": protocols.headline(protocol, agg_pre) if agg_pre else None,
-               "timing": {"seconds_per_edit": seconds / len(post), "edit_seconds_total": seconds},
-               "fluency": {"pre": _mean(c.get("fluency") for c in pre), "post": _mean(c.get("fluency") for c in post),
-                           "protocol": protocols.fluency_protocol(protocol)},
+    saved = _read(src / PRE_EDIT_FILE) if (src / PRE_EDIT_FILE).is_file() else {}
+    pre = [c for c in (saved.get("result") or {}).get("cases", []) if c["id"] in ids]
+    # the pre-edit record names the protocol the run scored with (a run may override the dataset's)
+    protocol = saved.get("protocol") or protocol_for(manifest["dataset"])
+    fields, tables = _tables(protocol, post, pre, sum(record["seconds"] for record in records))
+    summary = {"method": manifest.get("method"), "dataset": manifest["dataset"], "batch_size": manifest.get("batch_size"),
+               "mode": "independent", **fields,
                "unfinished": f"{len(post)} of {len(manifest.get('request_ids') or [])} requests"}
-    return summary, {"protocol": protocol, "post": agg_post, "pre": agg_pre, "cases": {"post": post, "pre": pre}}
+    return summary, tables
 
 
 def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, unfinished: bool = False) -> Path:
@@ -191,6 +177,13 @@ def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, unfin
     return dst
 
 
+def _finished_any(path: Path) -> bool:
+    """An interrupted run with at least one finished request."""
+    from kedit.runs.checkpoint import journal_batches
+
+    return (path / "manifest.json").is_file() and bool(journal_batches(path / "journal.jsonl"))
+
+
 def archive_runs(source: str | os.PathLike, out_dir: str | os.PathLike, *, unfinished: bool = False) -> list[Path]:
     """Archive ``source``: one run directory (into ``out_dir``), or a benchmark folder holding run
     directories (each into ``out_dir/<name>``, the layout ``kedit pool --runs`` expects).
@@ -199,11 +192,10 @@ def archive_runs(source: str | os.PathLike, out_dir: str | os.PathLike, *, unfin
     requests they finished (see :func:`archive_run`); raises ``DataError`` when nothing under
     ``source`` can be archived."""
     src, dst = Path(source), Path(out_dir)
-    if is_run_dir(src) or (unfinished and _journal_records(src)):
+    if is_run_dir(src) or (unfinished and _finished_any(src)):
         return [archive_run(src, dst, unfinished=unfinished)]
     children = sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
-    runs = [p for p in children if is_run_dir(p) or (unfinished and (p / "manifest.json").is_file()
-                                                     and _journal_records(p))]
+    runs = [p for p in children if is_run_dir(p) or (unfinished and _finished_any(p))]
     if not runs:
         raise DataError(f"{src}: holds no finished run (a folder with summary.json and metrics.json, or a folder "
                         "of such folders)" + ("" if unfinished else "; --unfinished also takes interrupted runs"))
