@@ -30,11 +30,14 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, *, compact: bool = False) -> None:
     """Write ``data`` as JSON atomically (a temporary file renamed over ``path``): a run killed
-    mid-write leaves the old file or the new one, never half of one."""
+    mid-write leaves the old file or the new one, never half of one.  ``compact``: one line, no
+    spaces, non-ASCII kept (score archives kept in the repository)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    text = (json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str) if compact
+            else json.dumps(data, indent=2, default=str))
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kedit.errors import DataError
+from kedit.runs.run_dir import PRE_EDIT_FILE, write_json
 
 __all__ = ["TEXT_KEYS", "strip_texts", "archive_run", "archive_runs", "is_run_dir"]
 
@@ -50,10 +51,6 @@ def _read(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc}); archive finished runs only") from None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _sources(src: Path) -> list[dict[str, Any]]:
@@ -112,7 +109,6 @@ def _unfinished(src: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from its journal (each line carries its requests' scores) and its saved pre-edit scores."""
     from kedit.runs.checkpoint import journal_batches
     from kedit.runs.protocols import protocol_for
-    from kedit.runs.run_dir import PRE_EDIT_FILE
 
     if not (src / "manifest.json").is_file():
         raise DataError(f"{src}: not a run directory (no manifest.json)")
@@ -169,9 +165,9 @@ def archive_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, unfin
         summary, metrics, sources = _merged(dst, summary, metrics, sources)
     dst.mkdir(parents=True, exist_ok=True)
     metrics["texts"] = "removed (score archive); corpus sacreBLEU cannot be recomputed from it"
-    _write_json(dst / "summary.json", summary)
-    _write_json(dst / "metrics.json", metrics)
-    _write_json(dst / SOURCES, sources)
+    # atomic: a kill mid-write must not cost an archive the slices it already holds
+    for name, data in (("metrics.json", metrics), ("summary.json", summary), (SOURCES, sources)):
+        write_json(dst / name, data, compact=True)
     if (src / "config.yaml").is_file():
         shutil.copyfile(src / "config.yaml", dst / "config.yaml")
     return dst
